@@ -1,0 +1,89 @@
+"""DiscoveryActor: the node's live view of the cluster.
+
+The view is rebuilt from the registry every heartbeat interval and on every ``node.joined`` /
+``node.left`` / ``leader.changed`` event. A node whose record is gone or whose ``last_seen`` is older
+than 3 heartbeats is shown ``inactive`` for another 3 heartbeats, then dropped; a node that left
+gracefully (``node.left``) is dropped at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from loguru import logger
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from actors.context import NodeContext
+from actors.core import Actor
+from actors.messages import ClusterView, GetClusterView, NodeLeft, Refresh
+from secauto.models import NodeInfo, event_decoder
+from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
+
+MISSED_BEATS_INACTIVE = 3
+_NODE_EVENTS = (event_prefix("node."), event_prefix("leader."))
+
+
+class DiscoveryActor(Actor):
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.known: dict[str, NodeInfo] = {}
+        self.leader: str | None = None
+        self.log = logger.bind(component="discovery", node_id=ctx.node_id)
+
+    async def on_start(self) -> None:
+        self.run_task(self._listen(), name="discovery-events")
+        self.start_timer("refresh", self.ctx.heartbeat_interval, Refresh(), initial_delay=0.0)
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case Refresh():
+                await self._refresh()
+            case NodeLeft(node_id=node_id):
+                if self.known.pop(node_id, None) is not None:
+                    self.log.info("node {} left the cluster", node_id)
+            case GetClusterView():
+                await self._refresh()
+                queue_size = await self.ctx.queue.queue_size()
+                nodes = sorted(self.known.values(), key=lambda node: node.id)
+                return ClusterView(nodes=nodes, leader=self.leader, queue_size=queue_size)
+            case _:
+                raise TypeError(f"discovery got an unexpected message {message!r}")
+        return None
+
+    async def _listen(self) -> None:
+        async for payload in subscribe(self.ctx.queue.redis, self.ctx.queue.keys.channel, component="discovery"):
+            if payload == RESUBSCRIBED:
+                self.ref.tell(Refresh())
+            elif payload.startswith(_NODE_EVENTS):
+                event = event_decoder.decode(payload)
+                if event.type == "node.left" and event.node_id:
+                    self.ref.tell(NodeLeft(event.node_id))
+                else:
+                    self.ref.tell(Refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            records = await self.ctx.registry.list()
+            self.leader = await self.ctx.registry.leader()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self.log.warning("cannot read the registry: {}", exc)
+            records = []
+        now = time.time()
+        interval = self.ctx.heartbeat_interval
+        live = {record.id: record for record in records}
+        for node_id, record in list(self.known.items()):
+            if node_id in live:
+                continue
+            silent_for = now - record.last_seen_epoch
+            if silent_for > 2 * MISSED_BEATS_INACTIVE * interval:
+                del self.known[node_id]
+                self.log.info("node {} dropped after {:.0f}s without heartbeat", node_id, silent_for)
+            elif record.status != "inactive":
+                self.known[node_id] = msgspec.structs.replace(record, status="inactive")
+                self.log.warning("node {} is inactive (missed {} heartbeats)", node_id, MISSED_BEATS_INACTIVE)
+        for node_id, record in live.items():
+            stale = now - record.last_seen_epoch > MISSED_BEATS_INACTIVE * interval
+            self.known[node_id] = msgspec.structs.replace(record, status="inactive") if stale else record

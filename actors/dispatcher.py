@@ -1,0 +1,93 @@
+"""DispatcherActor: accepts submissions and claims work for this node while it has free slots.
+
+It wakes on ``job.submitted``/``job.retrying`` events (pub/sub), when the executor frees slots, and on
+a slow poll that only covers lost notifications. It never claims more jobs than free slots, so no job
+waits behind a busy node (no prefetch). Redis errors during a claim are logged and retried on the next
+wake-up or poll; they never crash the actor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loguru import logger
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from actors.context import NodeContext
+from actors.core import Actor
+from actors.messages import GetJob, JobsFinished, RunJobs, StopClaiming, SubmitJobs, Wake
+from secauto.models import make_event
+from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
+
+_WAKE_PREFIXES = (event_prefix("job.submitted"), event_prefix("job.retrying"))
+
+
+class DispatcherActor(Actor):
+    def __init__(self, ctx: NodeContext, executor_name: str = "executor") -> None:
+        self.ctx = ctx
+        self.executor_name = executor_name
+        self.in_flight = 0  # claimed and not yet finished on this node
+        self.claiming = True
+        self._wake_queued = False
+        self.log = logger.bind(component="dispatcher", node_id=ctx.node_id)
+
+    @property
+    def free_slots(self) -> int:
+        return self.ctx.capacity - self.in_flight if self.claiming else 0
+
+    async def on_start(self) -> None:
+        self.run_task(self._listen(), name="dispatcher-events")
+        poll = self.ctx.settings.config.cluster.poll_interval
+        self.start_timer("poll", poll, Wake(), initial_delay=0.0)
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case Wake():
+                self._wake_queued = False
+                await self._claim()
+            case JobsFinished(count=count):
+                self.in_flight -= count
+                await self._claim()
+            case SubmitJobs(jobs=jobs):
+                events = [make_event("job.submitted", job_id=job.id, node_id=self.ctx.node_id, status="pending",
+                                     priority=job.priority) for job in jobs]
+                stored = await self.ctx.queue.submit(jobs, events)
+                for job in jobs:
+                    self.log.bind(job_id=job.id).info("Job submitted to distributed queue")
+                return stored
+            case GetJob(job_id=job_id):
+                return await self.ctx.queue.get_raw(job_id)
+            case StopClaiming():
+                self.claiming = False
+                self.cancel_timer("poll")
+                return self.in_flight
+            case _:
+                raise TypeError(f"dispatcher got an unexpected message {message!r}")
+        return None
+
+    def _request_wake(self) -> None:
+        # Coalesce a burst of notifications into one claim.
+        if not self._wake_queued and self.claiming:
+            self._wake_queued = True
+            self.ref.tell(Wake())
+
+    async def _listen(self) -> None:
+        channel = self.ctx.queue.keys.channel
+        async for payload in subscribe(self.ctx.queue.redis, channel, component="dispatcher"):
+            if payload == RESUBSCRIBED or payload.startswith(_WAKE_PREFIXES):
+                self._request_wake()
+
+    async def _claim(self) -> None:
+        """Claim while there are free slots and the queue gives jobs; hand them to the executor."""
+        while (wanted := self.free_slots) > 0:
+            try:
+                jobs = await self.ctx.queue.claim(self.ctx.node_id, wanted, self.ctx.lease_ms)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self.log.warning("claim failed, will retry on the next wake-up: {}", exc)
+                return
+            if jobs:
+                self.in_flight += len(jobs)
+                self.system.get(self.executor_name).tell(RunJobs(jobs))
+            if len(jobs) < wanted:  # the queue is empty for now
+                return

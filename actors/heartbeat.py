@@ -1,0 +1,92 @@
+"""HeartbeatActor: keeps this node's record in the registry fresh and answers health checks.
+
+Every ``heartbeat_interval`` it writes the node record with a TTL of 3 intervals, so a node that
+misses three heartbeats disappears from the registry by itself. ``node.joined`` is published on the
+first successful write and ``node.left`` when the actor stops (after the record is deleted). A failed
+write is logged and retried on the next tick; it never crashes the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from loguru import logger
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from actors.context import NodeContext
+from actors.core import Actor
+from actors.messages import Beat, CheckHealth, ExecutorStats, GetStats, HealthReport
+from secauto import __version__
+from secauto.models import NodeInfo, format_timestamp, make_event
+
+CAPABILITIES = ["playbook_execution", "job_processing"]
+MISSED_BEATS_ALLOWED = 3
+
+
+class HeartbeatActor(Actor):
+    def __init__(self, ctx: NodeContext, executor_name: str = "executor") -> None:
+        self.ctx = ctx
+        self.executor_name = executor_name
+        self.joined = False
+        self.status = "active"
+        self.last_error: str | None = None
+        self.log = logger.bind(component="heartbeat", node_id=ctx.node_id)
+
+    async def on_start(self) -> None:
+        self.start_timer("beat", self.ctx.heartbeat_interval, Beat(), initial_delay=0.0)
+
+    async def on_stop(self) -> None:
+        if not self.joined:
+            return
+        try:
+            await self.ctx.registry.remove(self.ctx.node_id)
+            await self.ctx.registry.publish(make_event("node.left", node_id=self.ctx.node_id))
+        except RedisError as exc:
+            self.log.warning("could not remove the node record at stop ({}); it expires by itself", exc)
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case Beat():
+                await self._beat()
+            case CheckHealth():
+                return await self._check_health()
+            case _:
+                raise TypeError(f"heartbeat got an unexpected message {message!r}")
+        return None
+
+    async def record(self) -> NodeInfo:
+        stats: ExecutorStats = await self.system.get(self.executor_name).ask(GetStats(), timeout=5.0)
+        now = time.time()
+        return NodeInfo(
+            id=self.ctx.node_id, host=self.ctx.host, port=self.ctx.port, status=self.status,
+            started_at=self.ctx.started_at, last_seen=format_timestamp(now), capabilities=CAPABILITIES,
+            load=stats.load, jobs_running=stats.running, jobs_completed=stats.completed,
+            jobs_failed=stats.failed, capacity=stats.capacity, version=__version__, last_seen_epoch=now)
+
+    async def _beat(self) -> None:
+        info = await self.record()
+        ttl_ms = int(self.ctx.heartbeat_interval * MISSED_BEATS_ALLOWED * 1000)
+        try:
+            await self.ctx.registry.write(info, ttl_ms)
+            if not self.joined:
+                await self.ctx.registry.publish(make_event("node.joined", node_id=self.ctx.node_id))
+                self.joined = True
+                self.log.info("node joined cluster {}", self.ctx.queue.keys.cluster)
+            if self.last_error is not None:
+                self.log.info("Redis reachable again")
+            self.last_error = None
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if self.last_error is None:
+                self.log.error("heartbeat failed, Redis unreachable: {}", exc)
+            self.last_error = f"Redis unreachable: {exc}"
+
+    async def _check_health(self) -> HealthReport:
+        try:
+            await asyncio.wait_for(self.ctx.queue.redis.ping(), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return HealthReport(healthy=False, reason=f"Redis unreachable: {exc or type(exc).__name__}")
+        return HealthReport(healthy=True)

@@ -1,0 +1,7 @@
+"""``python -m secauto`` is the ``secauto`` command."""
+
+import sys
+
+from secauto.cli import main
+
+sys.exit(main())

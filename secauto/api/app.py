@@ -1,0 +1,162 @@
+"""The aiohttp application: routes, role declarations and the middlewares (errors, auth, limits).
+
+Every handler declares who may call it with :func:`requires` (a role) or :func:`public`; building the
+app fails if one does not, so no route is ever reachable without a decision about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+from loguru import logger
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from actors.core import ActorDeadError, ActorSystem, AskTimeoutError
+from secauto.api.auth import allows, authenticate, presented_key
+from secauto.api.errors import HTTP_CODES, ApiError, ErrorDetail, error_response
+from secauto.config import Role, Settings
+from secauto.engine import EngineSettings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+
+SETTINGS = web.AppKey("settings", Settings)
+SYSTEM = web.AppKey("system", ActorSystem)
+CLUSTER_MODE = web.AppKey("cluster_mode", bool)
+ENGINE = web.AppKey("engine", EngineSettings)
+RETRY_AFTER_S = "5"
+
+_ROLE_ATTR = "__secauto_role__"
+_PUBLIC = "public"
+
+
+def requires(role: Role) -> Callable[[H], H]:
+    """Declare the least role that may call a handler."""
+
+    def mark(handler: H) -> H:
+        setattr(handler, _ROLE_ATTR, role)
+        return handler
+
+    return mark
+
+
+def public(handler: H) -> H:
+    """Declare a handler callable without an API key (health probes)."""
+    setattr(handler, _ROLE_ATTR, _PUBLIC)
+    return handler
+
+
+def declared_role(handler: Any) -> str | None:
+    return getattr(handler, _ROLE_ATTR, None)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the JSON error body; never leak a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, "error")
+        message = exc.reason if exc.status != 413 else "request body too large"
+        return error_response(ApiError(exc.status, code, message, headers=_allow_header(exc)))
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        logger.bind(component="api").warning("Redis unavailable during {} {}: {}", request.method, request.path, exc)
+        return error_response(ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry later",
+                                       headers={"Retry-After": RETRY_AFTER_S}))
+    except (ActorDeadError, AskTimeoutError):
+        return error_response(ApiError(503, "unavailable", "the node is busy or shutting down; retry later",
+                                       headers={"Retry-After": RETRY_AFTER_S}))
+    except Exception:
+        logger.bind(component="api").exception("unhandled error in {} {}", request.method, request.path)
+        return error_response(ApiError(500, "internal_error", "internal error"))
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the API key and role that the matched route declares."""
+    route_handler = request.match_info.handler
+    role = declared_role(route_handler)
+    if role is None:
+        # Unmatched routes (404/405) carry aiohttp's own handler: let it raise.
+        return await handler(request)
+    if role != _PUBLIC:
+        key = presented_key(request)
+        if key is None:
+            raise ApiError(401, "unauthorized", "missing API key (Authorization: Bearer KEY or X-API-Key)",
+                           headers={"WWW-Authenticate": "Bearer"})
+        identity = authenticate(key, request.app[SETTINGS].api_keys)
+        if identity is None:
+            raise ApiError(401, "unauthorized", "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        if not allows(identity.role, role):  # type: ignore[arg-type]
+            raise ApiError(403, "forbidden", f"this route needs the {role} role; the key has {identity.role}")
+    return await handler(request)
+
+
+T = TypeVar("T")
+
+
+async def read_json(request: web.Request, body_type: type[T]) -> T:
+    """Read and validate a JSON body as ``body_type``.
+
+    Raises ApiError 415 for a non-JSON content type, 413 for a body over ``server.max_body_bytes``
+    (aiohttp enforces it while reading) and 400 naming the field for malformed JSON or wrong types.
+    """
+    content_type = request.headers.get("Content-Type")
+    if content_type and request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", f"expected application/json, got {request.content_type}")
+    body = await request.read()
+    if not body:
+        raise ApiError(400, "validation_error", "request body is empty; expected a JSON object")
+    try:
+        return msgspec.json.decode(body, type=body_type)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "validation_error", "invalid request body", [validation_detail(exc)]) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "validation_error", f"malformed JSON: {exc}") from None
+
+
+def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
+    text = str(exc)
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return ErrorDetail(field="$", message=text, path="$")
+    path = where.rstrip("`")
+    unknown = message.startswith("Object contains unknown field")
+    if unknown:
+        name = message.split("`")[1]
+        path = f"{path}.{name}"
+        message = "unknown field"
+    field = path.removeprefix("$").lstrip(".") or "$"
+    return ErrorDetail(field=field, message=message, path=path)
+
+
+def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, *,
+               cluster_mode: bool) -> web.Application:
+    """Build the application. Raises RuntimeError if a route has no declared role."""
+    from secauto.api import cluster, health
+
+    app = web.Application(middlewares=[error_middleware, auth_middleware],
+                          client_max_size=settings.config.server.max_body_bytes)
+    app[SETTINGS] = settings
+    app[SYSTEM] = system
+    app[CLUSTER_MODE] = cluster_mode
+    app[ENGINE] = engine
+    for module in (health, cluster):
+        for method, path, handler in module.ROUTES:
+            if declared_role(handler) is None:
+                raise RuntimeError(f"route {method} {path} declares no role")
+            app.router.add_route(method, path, handler)
+    return app

@@ -1,0 +1,117 @@
+"""The cluster resource: ``GET /cluster``, ``POST /cluster/jobs``, ``GET /cluster/jobs/{id}``."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+from aiohttp import web
+
+from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
+from secauto.api.app import ENGINE, SETTINGS, SYSTEM, read_json, requires
+from secauto.api.errors import ApiError, ErrorDetail, json_response
+from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
+from secauto.models import MAX_PRIORITY, MIN_PRIORITY, Job, new_job_id, utc_now
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /cluster/jobs``."""
+
+    playbook: list[Any] | None = None
+    playbook_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    context: dict[str, Any] = {}
+    priority: Annotated[int, msgspec.Meta(ge=MIN_PRIORITY, le=MAX_PRIORITY)] = 0
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=32)] = []
+    affinity: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+
+
+def _playbook_problems(exc: PlaybookInvalid) -> list[ErrorDetail]:
+    return [ErrorDetail(field="playbook", message=problem.message, path=problem.path) for problem in exc.problems]
+
+
+def build_job(body: JobSubmission, request: web.Request) -> Job:
+    """Validate the playbook (inline or named) and turn a submission into a pending Job.
+
+    Raises ApiError 400 with one detail per problem.
+    """
+    settings = request.app[SETTINGS]
+    engine = request.app[ENGINE]
+    if (body.playbook is None) == (body.playbook_name is None):
+        raise ApiError(400, "validation_error", "give exactly one of playbook or playbook_name",
+                       [ErrorDetail(field="playbook", message="give exactly one of playbook or playbook_name")])
+    playbook: Any = body.playbook
+    try:
+        if body.playbook_name is not None:
+            playbook = load_playbook_file(resolve_named_playbook(body.playbook_name, engine))
+        validate_playbook(playbook, engine)
+    except PlaybookInvalid as exc:
+        raise ApiError(400, "validation_error", f"invalid playbook: {exc}", _playbook_problems(exc)) from None
+    cluster = settings.config.cluster
+    return Job(
+        id=new_job_id(),
+        max_retries=cluster.max_retries if body.max_retries is None else body.max_retries,
+        priority=body.priority,
+        submitted_at=utc_now(),
+        submitted_to=settings.node_id,
+        tags=list(body.tags),
+        affinity=body.affinity,
+        timeout=body.timeout,
+        playbook_name=body.playbook_name,
+        playbook=playbook,
+        context=body.context,
+    )
+
+
+@requires("viewer")
+async def get_cluster(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    view: ClusterView = await request.app[SYSTEM].get("discovery").ask(GetClusterView(), timeout=5.0)
+    nodes = [msgspec.structs.asdict(node) for node in view.nodes]
+    for node in nodes:
+        node.pop("last_seen_epoch", None)
+    return json_response({
+        "success": True,
+        "cluster": {
+            "cluster_name": settings.config.cluster.cluster_name,
+            "node_id": settings.node_id,
+            "leader": view.leader,
+            "total_nodes": len(nodes),
+            "nodes": nodes,
+            "queue_size": view.queue_size,
+        },
+    })
+
+
+@requires("operator")
+async def submit_job(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request, JobSubmission)
+    job = build_job(body, request)
+    await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs([job]), timeout=10.0)
+    return json_response({"success": True, "job_id": job.id, "status": "submitted"})
+
+
+@requires("viewer")
+async def get_job(request: web.Request) -> web.StreamResponse:
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.match(job_id):
+        raise ApiError(404, "not_found", f"no job {job_id[:100]!r}")
+    raw: bytes | None = await request.app[SYSTEM].get("dispatcher").ask(GetJob(job_id), timeout=5.0)
+    if raw is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, or expired after the retention period)")
+    # The stored record is already the job's JSON: splice it in rather than decode and re-encode it.
+    body = b'{"success":true,"job":' + raw + b',"timestamp":"' + utc_now().encode() + b'"}'
+    return web.Response(body=body, content_type="application/json")
+
+
+ROUTES = [
+    ("GET", "/cluster", get_cluster),
+    ("POST", "/cluster/jobs", submit_job),
+    ("GET", "/cluster/jobs/{job_id}", get_job),
+]

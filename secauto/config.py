@@ -1,0 +1,399 @@
+"""Configuration: the ``config.yaml`` schema, environment overrides and validation.
+
+Every section is a msgspec Struct that forbids unknown fields, so a typo or a wrong type is reported
+as one :class:`ConfigError` line naming the key (``cluster.heartbeat_interval: Expected `float`, got
+`str```). Nothing here touches the network or the file system beyond reading the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+import yaml
+
+Role = Literal["admin", "operator", "viewer"]
+LoadBalancing = Literal["least_loaded", "round_robin"]
+LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line that names the key and the problem."""
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "localhost"
+    port: Port = 8080
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    # How long SIGTERM waits for running jobs before handing the rest back.
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+
+
+class ClusterConfig(_Section):
+    enabled: bool = False
+    redis_url: str = "localhost:6379"
+    redis_db: Annotated[int, msgspec.Meta(ge=0)] = 0
+    redis_password: str = ""
+    node_id: str = ""
+    cluster_name: Name = "secauto-cluster"
+    heartbeat_interval: Seconds = 30.0
+    election_timeout: Seconds = 60.0
+    job_timeout: Seconds = 300.0
+    max_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    max_concurrent_jobs: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10
+    load_balancing: LoadBalancing = "least_loaded"
+    # A claimed job's lease; the executing node renews it every lease_timeout / 3.
+    lease_timeout: Seconds = 30.0
+    # The dispatcher wakes on pub/sub; this slow poll only covers lost notifications.
+    poll_interval: Seconds = 5.0
+    # Finished jobs are kept this long (the document: 24 h).
+    job_retention: Seconds = 86400.0
+
+
+class ApiKeyConfig(_Section):
+    name: str = ""
+    key: str = ""
+    key_sha256: str = ""
+    role: Role = "admin"
+
+
+class SecurityConfig(_Section):
+    api_keys: list[str | ApiKeyConfig] = []
+
+
+class EngineConfig(_Section):
+    scripts_dir: str = "automations"
+    playbooks_dir: str = "playbooks"
+    python: str = ""  # empty: the interpreter running SecAuto
+    script_timeout: Seconds = 60.0
+    max_output_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    script_env: dict[str, str] = {}
+
+
+class WebhookConfig(_Section):
+    url: str
+    events: list[str] = []
+    secret: str = ""
+    timeout: Seconds = 10.0
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+
+
+class LoggingConfig(_Section):
+    level: LogLevel = "info"
+    destination: str = "stdout"  # stdout, stderr or a file path
+    format: Literal["json", "text"] = "json"
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    webhooks: list[WebhookConfig] = []
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    """A usable API key: only the SHA-256 of the secret is kept after loading."""
+
+    name: str
+    sha256: bytes
+    role: Role
+
+
+class RedisTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """Where Redis is, decoded from ``redis_url`` in any of its accepted forms."""
+
+    url: str  # a URL redis-py understands (redis://, rediss:// or unix://); empty for sentinel
+    display: str  # the same without password, safe to log
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str = ""
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    """The loaded configuration plus what was derived from it at start."""
+
+    config: Config
+    node_id: str
+    api_keys: tuple[ApiKey, ...]
+    generated_api_key: str | None  # set when no key was configured; printed once at start
+    redis: RedisTarget
+    base_dir: Path  # relative engine paths resolve against this
+
+    @property
+    def scripts_dir(self) -> Path:
+        return (self.base_dir / self.config.engine.scripts_dir).resolve()
+
+    @property
+    def playbooks_dir(self) -> Path:
+        return (self.base_dir / self.config.engine.playbooks_dir).resolve()
+
+    @property
+    def python(self) -> str:
+        return self.config.engine.python or sys.executable
+
+
+class CliOverrides(msgspec.Struct, kw_only=True):
+    host: str | None = None
+    port: int | None = None
+    node_id: str | None = None
+
+
+def hash_key(key: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).digest()
+
+
+def parse_redis_url(raw: str, *, password: str = "", db: int = 0) -> RedisTarget:
+    """Decode ``host:port``, ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://``.
+
+    Raises :class:`ConfigError` (naming ``cluster.redis_url``) for anything else.
+    """
+    value = raw.strip()
+    if not value:
+        raise ConfigError("cluster.redis_url: must not be empty")
+    if "://" not in value:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            host, port = value, "6379"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"cluster.redis_url: {raw!r} is not host:port or a redis://, rediss://, unix:// URL")
+        value = f"redis://{host}:{port}"
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme == "redis+sentinel":
+        return _parse_sentinel(parts, raw)
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"cluster.redis_url: unsupported scheme {scheme!r} (use redis, rediss, unix or host:port)")
+    if scheme == "unix" and not parts.path:
+        raise ConfigError("cluster.redis_url: unix:// needs a socket path")
+    if scheme != "unix":
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ConfigError(f"cluster.redis_url: bad port in {raw!r}") from None
+        if not parts.hostname:
+            raise ConfigError(f"cluster.redis_url: no host in {raw!r}")
+    url = value
+    if password and not parts.password:
+        netloc = f":{_quote(password)}@{parts.netloc}" if scheme != "unix" else parts.netloc
+        url = parts._replace(netloc=netloc).geturl()
+        if scheme == "unix":
+            url += ("&" if parts.query else "?") + f"password={_quote(password)}"
+    if scheme != "unix" and parts.path in ("", "/") and db:
+        url = url.rstrip("/") + f"/{db}"
+    elif scheme == "unix" and db and "db=" not in parts.query:
+        url += ("&" if "?" in url else "?") + f"db={db}"
+    display = value if not parts.password else value.replace(f":{parts.password}@", ":***@")
+    return RedisTarget(url=url, display=display)
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _parse_sentinel(parts: Any, raw: str) -> RedisTarget:
+    # redis+sentinel://[:password@]host1:port1,host2:port2/service_name
+    netloc = parts.netloc.rpartition("@")[2]
+    sentinels: list[tuple[str, int]] = []
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        if not host:
+            host, port = item, "26379"
+        if not host or not port.isdigit():
+            raise ConfigError(f"cluster.redis_url: bad sentinel address {item!r} in {raw!r}")
+        sentinels.append((host, int(port)))
+    service = unquote(parts.path.strip("/")) or "mymaster"
+    return RedisTarget(url="", display=f"sentinel {service} via {netloc}", sentinels=tuple(sentinels),
+                       service_name=service)
+
+
+def _error_line(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.cluster.port`"; we lead with the key instead.
+    text = str(exc)
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return text
+    path = where.rstrip("`").removeprefix("$").lstrip(".")
+    path = re.sub(r"\[(\d+)\]", r"[\1]", path)
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
+    if unknown:
+        key = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+        return f"{key}: unknown key"
+    return f"{path or '(top level)'}: {message}"
+
+
+_ENV_STR = {
+    "SECAUTO_HOST": ("server", "host"),
+    "REDIS_URL": ("cluster", "redis_url"),
+    "SECAUTO_REDIS_PASSWORD": ("cluster", "redis_password"),
+    "SECAUTO_NODE_ID": ("cluster", "node_id"),
+    "SECAUTO_CLUSTER_NAME": ("cluster", "cluster_name"),
+}
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for var, (section, key) in _ENV_STR.items():
+        if env.get(var):
+            _section(raw, section)[key] = env[var]
+    if env.get("SECAUTO_PORT"):
+        try:
+            _section(raw, "server")["port"] = int(env["SECAUTO_PORT"])
+        except ValueError:
+            raise ConfigError(f"SECAUTO_PORT: {env['SECAUTO_PORT']!r} is not a port number") from None
+    enabled = env.get("SECAUTO_CLUSTER_ENABLED")
+    if enabled:
+        if enabled.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise ConfigError(f"SECAUTO_CLUSTER_ENABLED: {enabled!r} is not true or false")
+        _section(raw, "cluster")["enabled"] = enabled.lower() in ("1", "true", "yes")
+    elif env.get("REDIS_URL") and "enabled" not in _section(raw, "cluster"):
+        # The document's compose file gives each node only REDIS_URL: that means cluster mode.
+        _section(raw, "cluster")["enabled"] = True
+    if env.get("SECAUTO_API_KEY"):
+        security = _section(raw, "security")
+        keys = security.get("api_keys") or []
+        if not isinstance(keys, list):
+            raise ConfigError("security.api_keys: Expected `array`")
+        security["api_keys"] = [*keys, {"name": "env", "key": env["SECAUTO_API_KEY"], "role": "admin"}]
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.setdefault(name, {})
+    if value is None:
+        value = raw[name] = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: Expected `object`, got `{type(value).__name__}`")
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _api_keys(security: SecurityConfig) -> tuple[ApiKey, ...]:
+    keys: list[ApiKey] = []
+    for index, item in enumerate(security.api_keys):
+        where = f"security.api_keys[{index}]"
+        if isinstance(item, str):
+            if len(item) < 16:
+                raise ConfigError(f"{where}: an API key needs at least 16 characters")
+            keys.append(ApiKey(name=f"key{index}", sha256=hash_key(item), role="admin"))
+            continue
+        if bool(item.key) == bool(item.key_sha256):
+            raise ConfigError(f"{where}: give exactly one of key or key_sha256")
+        if item.key:
+            if len(item.key) < 16:
+                raise ConfigError(f"{where}.key: an API key needs at least 16 characters")
+            digest = hash_key(item.key)
+        else:
+            try:
+                digest = bytes.fromhex(item.key_sha256)
+            except ValueError:
+                digest = b""
+            if len(digest) != 32:
+                raise ConfigError(f"{where}.key_sha256: must be 64 hex characters")
+        keys.append(ApiKey(name=item.name or f"key{index}", sha256=digest, role=item.role))
+    return tuple(keys)
+
+
+def default_node_id(port: int) -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("-.") or "node"
+    return f"{host[:50]}-{port}"
+
+
+def load_settings(
+    path: Path | None,
+    env: Mapping[str, str] | None = None,
+    overrides: CliOverrides | None = None,
+) -> Settings:
+    """Read ``path`` (or nothing), apply env and command-line overrides, validate.
+
+    Raises :class:`ConfigError` with one line naming the key on any problem.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = _read_file(path) if path is not None else {}
+    for section in ("server", "cluster", "security", "engine", "logging"):
+        if section in raw:
+            _section(raw, section)
+    logging_section = raw.get("logging")
+    if isinstance(logging_section, dict) and isinstance(logging_section.get("level"), str):
+        logging_section["level"] = logging_section["level"].lower()
+    _apply_env(raw, env)
+    if overrides is not None:
+        if overrides.host is not None:
+            _section(raw, "server")["host"] = overrides.host
+        if overrides.port is not None:
+            _section(raw, "server")["port"] = overrides.port
+        if overrides.node_id is not None:
+            _section(raw, "cluster")["node_id"] = overrides.node_id
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_error_line(exc)) from None
+    return settings_from_config(config, base_dir=path.parent if path is not None else Path.cwd())
+
+
+def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
+    """Derive the runtime settings (node id, hashed keys, Redis target) from a validated Config."""
+    cluster = config.cluster
+    node_id = cluster.node_id or default_node_id(config.server.port)
+    if not _NAME_RE.match(node_id):
+        raise ConfigError(f"cluster.node_id: {node_id!r} must match {NAME_PATTERN}")
+    for index, hook in enumerate(config.webhooks):
+        if urlsplit(hook.url).scheme not in ("http", "https"):
+            raise ConfigError(f"webhooks[{index}].url: must be an http:// or https:// URL")
+    keys = _api_keys(config.security)
+    generated = None
+    if not keys:
+        generated = secrets.token_urlsafe(32)
+        keys = (ApiKey(name="generated", sha256=hash_key(generated), role="admin"),)
+    redis = parse_redis_url(cluster.redis_url, password=cluster.redis_password, db=cluster.redis_db)
+    return Settings(config=config, node_id=node_id, api_keys=keys, generated_api_key=generated, redis=redis,
+                    base_dir=base_dir.resolve())
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """``--config``, else ``$SECAUTO_CONFIG``, else ``./config.yaml`` if present, else None."""
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("SECAUTO_CONFIG"):
+        return Path(env["SECAUTO_CONFIG"])
+    local = Path("config.yaml")
+    return local if local.is_file() else None

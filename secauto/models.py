@@ -1,0 +1,113 @@
+"""Typed records shared by the store, the actors and the API: jobs, node records and events.
+
+All of them travel as JSON (msgspec). The job record's first fields form a *header* that the Lua
+scripts in ``store/lua`` read and rewrite without decoding the rest of the record (Redis' cjson would
+turn empty lists into objects and round large numbers), so the header's field order below is part of
+the storage format: keep it in step with ``HEADER`` in ``store/lua/lib.lua``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+# Priorities are bounded so that the queue score (-priority * 1e12 + sequence) stays exact in a double.
+MIN_PRIORITY = -1000
+MAX_PRIORITY = 1000
+
+
+def utc_now() -> str:
+    """The current time as RFC 3339 UTC with milliseconds, e.g. ``2024-01-15T10:35:00.123Z``."""
+    return format_timestamp(time.time())
+
+
+def format_timestamp(epoch: float) -> str:
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex}"
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """A job as stored at ``secauto:job:<id>`` and returned by ``GET /cluster/jobs/{id}``."""
+
+    # --- header: rewritten by the Lua scripts; order and types are the storage format ---
+    id: str
+    status: JobStatus = "pending"
+    attempt: int = 0  # the fencing token: each claim increments it, every later write must match it
+    retry_count: int = 0
+    max_retries: int = 3
+    priority: int = 0
+    assigned_to: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    error: str | None = None
+    # --- body: written by Python only ---
+    submitted_at: str
+    submitted_to: str  # the node whose API accepted the job
+    tags: list[str] = []
+    affinity: str | None = None
+    timeout: float | None = None
+    playbook_name: str | None = None
+    playbook: list[Any] = []
+    context: dict[str, Any] = {}
+    results: list[Any] = []
+
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    """The node record at ``secauto:nodes:<cluster>:<node_id>``, as in the document's node object."""
+
+    id: str
+    host: str
+    port: int
+    status: str  # active | draining | inactive (inactive is only ever computed by readers)
+    started_at: str
+    last_seen: str
+    capabilities: list[str]
+    load: float
+    jobs_running: int
+    jobs_completed: int
+    jobs_failed: int
+    capacity: int
+    version: str
+    last_seen_epoch: float  # for staleness checks without parsing timestamps
+
+
+class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A lifecycle event on ``secauto:events:<cluster>``.
+
+    ``type`` is always the first key of the JSON so that subscribers can route on a byte prefix.
+    The Lua scripts emit the same shape (see ``event()`` in ``store/lua/lib.lua``).
+    """
+
+    type: str
+    version: int
+    timestamp: str
+    job_id: str | None = None
+    node_id: str | None = None
+    status: str | None = None
+    attempt: int | None = None
+    priority: int | None = None
+    error: str | None = None
+
+
+EVENT_VERSION = 1
+
+
+def make_event(kind: str, **fields: Any) -> Event:
+    return Event(type=kind, version=EVENT_VERSION, timestamp=utc_now(), **fields)
+
+
+json_encoder = msgspec.json.Encoder()
+job_decoder = msgspec.json.Decoder(Job)
+node_decoder = msgspec.json.Decoder(NodeInfo)
+event_decoder = msgspec.json.Decoder(Event)

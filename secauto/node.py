@@ -1,0 +1,164 @@
+"""Assembles one node: config -> store -> actors -> HTTP API, and takes it down in reverse order.
+
+Start: open the store (Redis, or the embedded store when cluster mode is off), bind the HTTP socket
+(so the node record can name the real port), spawn the actors (executor, dispatcher, discovery,
+heartbeat, reaper), then start serving HTTP.
+
+Graceful stop (SIGTERM/SIGINT): stop claiming, let running jobs finish within
+``server.shutdown_grace``, stop HTTP, stop the actors in reverse start order (the reaper releases
+leadership, the heartbeat deletes the node record and publishes ``node.left``), close Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+
+from aiohttp import web
+from loguru import logger
+from redis.asyncio import Redis
+
+from actors.context import NodeContext
+from actors.core import ActorRef, ActorSystem, NodeFatalError
+from actors.discovery import DiscoveryActor
+from actors.dispatcher import DispatcherActor
+from actors.executor import ExecutorActor
+from actors.heartbeat import HeartbeatActor
+from actors.messages import Drain, StopClaiming
+from actors.reaper import ReaperActor
+from secauto.api.app import create_app
+from secauto.config import Settings
+from secauto.engine import EngineSettings
+from secauto.models import utc_now
+from secauto.store.connection import open_embedded, open_redis
+from secauto.store.jobs import JobQueue
+from secauto.store.keys import Keys
+from secauto.store.registry import NodeRegistry
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    engine = settings.config.engine
+    return EngineSettings(scripts_dir=settings.scripts_dir, playbooks_dir=settings.playbooks_dir,
+                          python=settings.python, script_timeout=engine.script_timeout,
+                          max_output_bytes=engine.max_output_bytes, script_env=dict(engine.script_env))
+
+
+def _advertised_host(bind_host: str) -> str:
+    return socket.gethostname() if bind_host in ("", "0.0.0.0", "::") else bind_host
+
+
+class Node:
+    """One SecAuto node. ``start()`` then ``stop()``; both are safe to call once each."""
+
+    def __init__(self, settings: Settings, *, redis: Redis | None = None) -> None:
+        self.settings = settings
+        self.cluster_mode = settings.config.cluster.enabled
+        self._redis = redis
+        self._owns_redis = redis is None
+        self.system = ActorSystem(f"node-{settings.node_id}")
+        self._runner: web.AppRunner | None = None
+        self._socket: socket.socket | None = None
+        self.port = settings.config.server.port
+        self.log = logger.bind(component="node", node_id=settings.node_id)
+
+    @property
+    def url(self) -> str:
+        host = self.settings.config.server.host
+        host = "127.0.0.1" if host in ("", "0.0.0.0", "localhost") else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("node not started")
+        return self._redis
+
+    async def start(self) -> None:
+        """Start everything; on failure, undo what was started and re-raise."""
+        settings = self.settings
+        cluster = settings.config.cluster
+        if self._redis is None:
+            self._redis = open_redis(settings.redis) if self.cluster_mode else open_embedded()
+        try:
+            await self._start(settings, cluster.cluster_name)
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        mode = f"cluster {cluster.cluster_name} via {settings.redis.display}" if self.cluster_mode else "standalone"
+        self.log.info("node listening on {} ({}, {} slots)", self.url, mode, cluster.max_concurrent_jobs)
+
+    async def _start(self, settings: Settings, cluster_name: str) -> None:
+        server = settings.config.server
+        self._socket = socket.create_server((server.host, server.port), reuse_port=False)
+        self.port = self._socket.getsockname()[1]
+        keys = Keys(cluster_name)
+        engine = engine_settings(settings)
+        ctx = NodeContext(settings=settings, node_id=settings.node_id, host=_advertised_host(server.host),
+                          port=self.port, started_at=utc_now(), queue=JobQueue(self.redis, keys),
+                          registry=NodeRegistry(self.redis, keys), engine=engine)
+        await self.system.spawn(ExecutorActor(ctx), name="executor")
+        await self.system.spawn(DispatcherActor(ctx), name="dispatcher")
+        await self.system.spawn(DiscoveryActor(ctx), name="discovery")
+        await self.system.spawn(HeartbeatActor(ctx), name="heartbeat")
+        await self.system.spawn(ReaperActor(ctx), name="reaper")
+        app = create_app(settings, self.system, engine, cluster_mode=self.cluster_mode)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._socket).start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop; ``grace`` (default ``server.shutdown_grace``) bounds the wait for running jobs."""
+        grace = self.settings.config.server.shutdown_grace if grace is None else grace
+        dispatcher, executor = self._actor("dispatcher"), self._actor("executor")
+        if dispatcher is not None and executor is not None:
+            try:
+                await dispatcher.ask(StopClaiming(), timeout=5.0)
+                left = await executor.ask(Drain(grace), timeout=grace + 5.0)
+                if left:
+                    self.log.warning("{} job(s) abandoned at shutdown; the leader will requeue them", left)
+            except Exception:
+                self.log.exception("draining failed; stopping anyway")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        elif self._socket is not None:
+            self._socket.close()
+        self._socket = None
+        await self.system.stop(timeout=10.0)
+        if self._redis is not None and self._owns_redis:
+            await self._redis.aclose()
+            self._redis = None
+        self.log.info("node stopped")
+
+    def _actor(self, name: str) -> ActorRef | None:
+        try:
+            return self.system.get(name)
+        except KeyError:
+            return None
+
+    async def run_until_stopped(self) -> int:
+        """Run until SIGTERM/SIGINT (exit code 0) or until supervision gives up (exit code 1)."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop_requested.set)
+        waiter = asyncio.create_task(stop_requested.wait(), name="signal-wait")
+        fatal = asyncio.create_task(self.system.wait_fatal(), name="fatal-wait")
+        try:
+            done, _ = await asyncio.wait({waiter, fatal}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, fatal):
+                task.cancel()
+            await asyncio.gather(waiter, fatal, return_exceptions=True)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        code = 0
+        if fatal in done and not fatal.cancelled():
+            error: NodeFatalError = fatal.result()
+            self.log.error("stopping the node: {}", error)
+            code = 1
+        else:
+            self.log.info("stop requested, draining")
+        await self.stop()
+        return code

@@ -1,0 +1,49 @@
+"""Every Redis key and channel name SecAuto uses, in one place.
+
+Operators use the first four from redis-cli (see DESIGN.md section 3), so their spelling is a contract.
+Every key is either bounded in size or carries a TTL; the comment on each says which.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "secauto"
+
+
+class Keys:
+    """Key names for one cluster. Lua scripts receive these as KEYS/ARGV; none are built in Lua
+    except ``job:<id>`` from :attr:`job_prefix` (the scripts touch jobs they pop from a ZSET)."""
+
+    __slots__ = ("channel", "cluster", "dlq", "job_prefix", "leader", "node_prefix", "queue", "running",
+                 "sequence")
+
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+        # ZSET of pending job ids, score -priority * 1e12 + sequence (higher priority first, then FIFO).
+        # Bounded by the number of pending jobs.
+        self.queue = f"{PREFIX}:jobs:{cluster}"
+        # STRING per job: the JSON record. No TTL while pending/running, job_retention once finished.
+        self.job_prefix = f"{PREFIX}:job:"
+        # STRING per node: the node record, TTL 3 x heartbeat_interval.
+        self.node_prefix = f"{PREFIX}:nodes:{cluster}:"
+        # pub/sub channel of lifecycle events (a public interface, see README).
+        self.channel = f"{PREFIX}:events:{cluster}"
+        # ZSET of running job ids, score = lease deadline in ms (Redis clock). Bounded by running jobs.
+        self.running = f"{PREFIX}:running:{cluster}"
+        # STRING counter giving FIFO order inside a priority. One integer.
+        self.sequence = f"{PREFIX}:seq:{cluster}"
+        # STRING leader lease "<node_id>:<token>", PX election_timeout.
+        self.leader = f"{PREFIX}:leader:{cluster}"
+        # ZSET of dead-lettered job ids, score = time (ms); trimmed to a cap by the reaper.
+        self.dlq = f"{PREFIX}:dlq:{cluster}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.job_prefix}{job_id}"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.node_prefix}{node_id}"
+
+    @property
+    def node_pattern(self) -> str:
+        return f"{self.node_prefix}*"
