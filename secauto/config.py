@@ -194,16 +194,19 @@ def parse_redis_url(raw: str, *, password: str = "", db: int = 0) -> RedisTarget
             raise ConfigError(f"cluster.redis_url: bad port in {raw!r}") from None
         if not parts.hostname:
             raise ConfigError(f"cluster.redis_url: no host in {raw!r}")
-    url = value
-    if password and not parts.password:
-        netloc = f":{_quote(password)}@{parts.netloc}" if scheme != "unix" else parts.netloc
-        url = parts._replace(netloc=netloc).geturl()
-        if scheme == "unix":
-            url += ("&" if parts.query else "?") + f"password={_quote(password)}"
-    if scheme != "unix" and parts.path in ("", "/") and db:
-        url = url.rstrip("/") + f"/{db}"
-    elif scheme == "unix" and db and "db=" not in parts.query:
-        url += ("&" if "?" in url else "?") + f"db={db}"
+    if scheme == "unix":
+        query = [item for item in parts.query.split("&") if item]
+        if password and not any(item.startswith("password=") for item in query):
+            query.append(f"password={_quote(password)}")
+        if db and not any(item.startswith("db=") for item in query):
+            query.append(f"db={db}")
+        url = f"unix://{parts.path}" + (f"?{'&'.join(query)}" if query else "")
+    else:
+        url = value
+        if password and not parts.password:
+            url = parts._replace(netloc=f":{_quote(password)}@{parts.netloc}").geturl()
+        if parts.path in ("", "/") and db:
+            url = url.rstrip("/") + f"/{db}"
     display = value if not parts.password else value.replace(f":{parts.password}@", ":***@")
     return RedisTarget(url=url, display=display)
 
@@ -235,9 +238,8 @@ def _error_line(exc: msgspec.ValidationError) -> str:
     text = str(exc)
     message, sep, where = text.rpartition(" - at `")
     if not sep:
-        return text
+        message, where = text, "$"
     path = where.rstrip("`").removeprefix("$").lstrip(".")
-    path = re.sub(r"\[(\d+)\]", r"[\1]", path)
     unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
     if unknown:
         key = f"{path}.{unknown.group(1)}" if path else unknown.group(1)

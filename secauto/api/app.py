@@ -132,7 +132,7 @@ def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
     text = str(exc)
     message, sep, where = text.rpartition(" - at `")
     if not sep:
-        return ErrorDetail(field="$", message=text, path="$")
+        message, where = text, "$"
     path = where.rstrip("`")
     unknown = message.startswith("Object contains unknown field")
     if unknown:

@@ -14,7 +14,7 @@ from secauto.api.errors import json_response
 async def health(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     report: HealthReport = await request.app[SYSTEM].get("heartbeat").ask(CheckHealth(), timeout=3.0)
-    body = {
+    body: dict[str, object] = {
         "success": report.healthy,
         "status": "healthy" if report.healthy else "degraded",
         "node_id": settings.node_id,

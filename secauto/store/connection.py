@@ -32,9 +32,11 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 def open_redis(target: RedisTarget, *, password: str = "", db: int = 0) -> Redis:
     """A client for ``target``. Connects lazily: nothing is sent until the first command."""
     if target.sentinels:
-        sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={"socket_connect_timeout": 2.0},
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), sentinel_kwargs={"socket_connect_timeout": 2.0},
                             password=password or None, db=db, **_CLIENT_OPTIONS)
-        return sentinel.master_for(target.service_name)
+        client: Redis = sentinel.master_for(target.service_name)
+        return client
     return Redis.from_url(target.url, **_CLIENT_OPTIONS)
 
 

@@ -81,8 +81,8 @@ class JobQueue:
 
     async def get_raw(self, job_id: str) -> bytes | None:
         """The stored JSON of a job, or None."""
-        raw: bytes | None = await self.redis.get(self.keys.job(job_id))
-        return raw
+        raw = await self.redis.get(self.keys.job(job_id))
+        return raw.encode() if isinstance(raw, str) else raw
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self.get_raw(job_id)

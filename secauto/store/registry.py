@@ -57,7 +57,8 @@ class NodeRegistry:
 
     async def leader(self) -> str | None:
         """The node id of the current leader, or None."""
-        value: bytes | None = await self.redis.get(self.keys.leader)
+        value = await self.redis.get(self.keys.leader)
         if value is None:
             return None
-        return value.decode().rpartition(":")[0]
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return text.rpartition(":")[0]

@@ -1,0 +1,88 @@
+# shellcheck shell=bash
+# Shared by scripts/test and scripts/serve (sourced, not executed). Expects the repo root as cwd.
+#
+#   ensure_venv [dev]   create .venv with python3 (or $PYTHON) if missing, and `pip install -e .`
+#                       (with the dev extra when asked) only when pyproject.toml changed since the
+#                       last install; the stamp is .venv/.secauto-install-stamp.
+#   ensure_redis_server install redis-server with apt-get when it is not on PATH.
+#   stage NAME          print a stage banner.
+
+stage() {
+    printf '\n==> %s\n' "$*" >&2
+}
+
+_pyproject_hash() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum pyproject.toml | cut -d' ' -f1
+    else
+        .venv/bin/python -c 'import hashlib,sys; print(hashlib.sha256(open("pyproject.toml","rb").read()).hexdigest())'
+    fi
+}
+
+ensure_venv() {
+    local extras="${1:-}"
+    local python="${PYTHON:-python3}"
+    local stamp=.venv/.secauto-install-stamp
+
+    if [ ! -x .venv/bin/python ]; then
+        if ! command -v "$python" >/dev/null 2>&1; then
+            echo "error: $python not found; install Python >= 3.11 or set PYTHON=/path/to/python3.11" >&2
+            return 1
+        fi
+        if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "error: $python is $("$python" -V 2>&1); SecAuto needs Python >= 3.11 (set PYTHON=...)" >&2
+            return 1
+        fi
+        echo "creating .venv with $python" >&2
+        "$python" -m venv .venv
+    fi
+    if ! .venv/bin/python -c '' 2>/dev/null; then
+        echo "error: .venv/bin/python does not run (moved or broken venv?); remove .venv and retry" >&2
+        return 1
+    fi
+
+    local hash want have=""
+    hash="$(_pyproject_hash)"
+    want="$hash ${extras:-base}"
+    [ -f "$stamp" ] && have="$(cat "$stamp")"
+    # A dev install also satisfies a plain one, so scripts/serve does not undo scripts/test's install.
+    if [ "$have" = "$want" ] || { [ -z "$extras" ] && [ "$have" = "$hash dev" ]; }; then
+        if [ -x .venv/bin/secauto ]; then
+            return 0
+        fi
+    fi
+
+    local target='.'
+    [ -n "$extras" ] && target=".[$extras]"
+    echo "installing $target into .venv (pyproject.toml changed or first install)" >&2
+    rm -f "$stamp"
+    .venv/bin/python -m pip install -q -e "$target"
+    echo "$want" >"$stamp"
+}
+
+ensure_redis_server() {
+    if command -v redis-server >/dev/null 2>&1; then
+        echo "redis-server: $(command -v redis-server)" >&2
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: redis-server is not on PATH and apt-get is unavailable; install redis-server (>= 6)" >&2
+        return 1
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo)
+        else
+            echo "error: redis-server is not on PATH; not root and no sudo to apt-get install it" >&2
+            return 1
+        fi
+    fi
+    echo "installing redis-server with apt-get" >&2
+    ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update
+    ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+    command -v redis-server >/dev/null 2>&1 || {
+        echo "error: redis-server still not on PATH after apt-get install" >&2
+        return 1
+    }
+}
