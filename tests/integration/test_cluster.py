@@ -223,3 +223,14 @@ async def test_expired_lease_is_requeued_by_the_leader(redis_url: str, redis_cli
         [job] = await wait_finished(redis_client, [job_id], timeout=20)
         assert job["status"] == "completed"
         assert job["retry_count"] == 1 and job["attempt"] == 2
+
+
+async def test_idle_nodes_wake_on_pubsub_not_polling(redis_url: str, redis_client: redis.asyncio.Redis) -> None:
+    # The slow poll is 60 s: a job that starts within a second was picked up through pub/sub.
+    stack, nodes = await start_cluster(redis_url, count=2, cluster={"poll_interval": 60})
+    async with stack, aiohttp.ClientSession() as session:
+        await asyncio.sleep(0.5)  # past the start-up claim
+        for _ in range(3):
+            job_id = await submit(session, nodes[0], {"playbook": QUICK, "context": {"n": 1}})
+            [job] = await wait_finished(redis_client, [job_id], timeout=1.0)
+            assert job["status"] == "completed"
