@@ -97,6 +97,28 @@ async def submit_job(request: web.Request) -> web.StreamResponse:
     return json_response({"success": True, "job_id": job.id, "status": "submitted"})
 
 
+class BatchSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /cluster/jobs/batch``: up to MAX_BATCH jobs, stored in one round-trip."""
+
+    jobs: Annotated[list[JobSubmission], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+@requires("operator")
+async def submit_batch(request: web.Request) -> web.StreamResponse:
+    """All or nothing: if any job is invalid, none is stored and the details name ``jobs[i]``."""
+    body = await read_json(request, BatchSubmission)
+    jobs = []
+    for index, item in enumerate(body.jobs):
+        try:
+            jobs.append(build_job(item, request))
+        except ApiError as exc:
+            for detail in exc.details:
+                detail.field = f"jobs[{index}].{detail.field}"
+            raise ApiError(exc.status, exc.code, f"jobs[{index}]: {exc.message}", exc.details) from None
+    await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs(jobs), timeout=30.0)
+    return json_response({"success": True, "job_ids": [job.id for job in jobs], "status": "submitted"})
+
+
 @requires("viewer")
 async def get_job(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
@@ -113,5 +135,6 @@ async def get_job(request: web.Request) -> web.StreamResponse:
 ROUTES = [
     ("GET", "/cluster", get_cluster),
     ("POST", "/cluster/jobs", submit_job),
+    ("POST", "/cluster/jobs/batch", submit_batch),
     ("GET", "/cluster/jobs/{job_id}", get_job),
 ]

@@ -189,3 +189,29 @@ def test_every_route_declares_a_role() -> None:
     for module in (cluster, health):
         for method, path, handler in module.ROUTES:
             assert declared_role(handler) in ("public", "viewer", "operator", "admin"), (method, path)
+
+
+async def test_batch_submit_runs_every_job(http: aiohttp.ClientSession) -> None:
+    body = {"jobs": [{**JOB, "context": {"n": n}} for n in range(3)]}
+    async with http.post("/cluster/jobs/batch", json=body, headers=auth()) as response:
+        assert response.status == 200
+        answer = await response.json()
+    assert answer["success"] is True and answer["status"] == "submitted" and len(set(answer["job_ids"])) == 3
+    for job_id in answer["job_ids"]:
+        assert (await wait_job(http, job_id))["status"] == "completed"
+
+
+async def test_batch_with_one_bad_job_stores_nothing(http: aiohttp.ClientSession) -> None:
+    body = {"jobs": [JOB, {**JOB, "priority": "urgent"}]}
+    async with http.post("/cluster/jobs/batch", json=body, headers=auth()) as response:
+        assert response.status == 400
+        error = await response.json()
+    assert error["error"]["details"][0]["field"] == "jobs[1].priority"
+    body = {"jobs": [JOB, {"playbook": [{"action": "nope"}]}]}
+    async with http.post("/cluster/jobs/batch", json=body, headers=auth()) as response:
+        assert response.status == 400
+        error = await response.json()
+    assert error["error"]["details"][0]["field"] == "jobs[1].playbook"
+    async with http.post("/cluster/jobs/batch", json={"jobs": []}, headers=auth()) as response:
+        assert response.status == 400
+    assert await queue_size(http) == 0
