@@ -1,0 +1,163 @@
+"""Running a child process safely: own process group, capped output, timeout, no orphans.
+
+:func:`run_process` starts ``argv`` directly (no shell) in a new session, so the child and everything
+it spawns share one process group. It feeds ``stdin``, reads stdout and stderr concurrently into
+buffers capped at ``max_output_bytes`` each, and waits for the exit under ``timeout``.
+
+Whatever happens, the whole process group is sent SIGKILL when the run ends: when the child exits
+(stragglers it left behind are killed too), when its output overflows the cap, on timeout, and when the
+calling task is cancelled (the group is killed at once, reaped, and ``CancelledError`` propagates).
+Errors: :class:`ProcessTimeout` and :class:`OutputTooLarge` (both carry the output read so far); a
+failure to start the program raises ``OSError`` from ``asyncio.create_subprocess_exec``.
+
+Limits: a descendant that moves itself into another session (``setsid``) leaves the group and cannot be
+killed this way; if such a process keeps our pipes open, reading stops after a short grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import msgspec
+
+CHUNK = 65536
+# After the child exited and its group was killed, how long to wait for the pipes to reach EOF.
+PIPE_GRACE = 2.0
+
+
+class ProcessOutcome(msgspec.Struct, kw_only=True):
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class ProcessFailure(Exception):
+    """The process could not complete; ``stdout``/``stderr`` hold what was read before it was killed."""
+
+    def __init__(self, message: str, *, stdout: bytes = b"", stderr: bytes = b"") -> None:
+        super().__init__(message)
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class ProcessTimeout(ProcessFailure):
+    pass
+
+
+class OutputTooLarge(ProcessFailure):
+    pass
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process in group ``pgid``; a group that no longer exists is fine."""
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone: nothing to kill
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class _Capture:
+    """A capped buffer fed from one pipe; on overflow it calls ``on_overflow`` and stops reading."""
+
+    def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.overflowed = False
+        self._on_overflow = on_overflow
+
+    async def drain(self, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        while chunk := await stream.read(CHUNK):
+            room = self.limit - len(self.data)
+            if len(chunk) > room:
+                self.data.extend(chunk[:room])
+                self.overflowed = True
+                self._on_overflow()
+                return
+            self.data.extend(chunk)
+
+
+async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
+    """Write ``data`` to the child's stdin and close it; a child that exits without reading is fine."""
+    if writer is None:
+        return
+    try:
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    except (BrokenPipeError, ConnectionResetError):
+        # The child closed its stdin or died; its exit status and output tell the story.
+        return
+
+
+async def _wait_exit(proc: asyncio.subprocess.Process) -> None:
+    """Wait until the child has exited (and was reaped).
+
+    ``Process.wait()`` only returns once the child's pipes are closed too, which a descendant that
+    inherited them can delay forever; the return code, though, is set as soon as the child is reaped,
+    so this polls it (5 ms at first, then every 50 ms).
+    """
+    delay = 0.005
+    while proc.returncode is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def run_process(
+    argv: Sequence[str],
+    *,
+    stdin: bytes,
+    env: Mapping[str, str],
+    cwd: Path | None,
+    time_limit: float,
+    max_output_bytes: int,
+) -> ProcessOutcome:
+    """Run ``argv`` to completion; see the module docstring for the kill/cancel guarantees."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+    pgid = proc.pid  # start_new_session: the child leads its own session and process group
+    out = _Capture(max_output_bytes, lambda: kill_group(pgid))
+    err = _Capture(max_output_bytes, lambda: kill_group(pgid))
+    timed_out = False
+    try:
+        async with asyncio.TaskGroup() as tg:
+            pipes = [tg.create_task(out.drain(proc.stdout)), tg.create_task(err.drain(proc.stderr))]
+            feeder = tg.create_task(_feed(proc.stdin, stdin))
+            try:
+                async with asyncio.timeout(time_limit):
+                    await _wait_exit(proc)
+            except TimeoutError:
+                timed_out = True
+            finally:
+                kill_group(pgid)  # stragglers after a normal exit; everyone on timeout or cancellation
+            _, pending = await asyncio.wait([*pipes, feeder], timeout=PIPE_GRACE)
+            for task in pending:  # an escaped descendant holds our pipes: stop reading
+                task.cancel()
+    finally:
+        if proc.returncode is None:  # cancelled or failed before the exit was seen
+            kill_group(pgid)
+            await _wait_exit(proc)
+    stdout, stderr = bytes(out.data), bytes(err.data)
+    if out.overflowed or err.overflowed:
+        which = "stdout" if out.overflowed else "stderr"
+        raise OutputTooLarge(
+            f"{which} exceeded {max_output_bytes} bytes; the process was killed", stdout=stdout, stderr=stderr
+        )
+    if timed_out:
+        message = f"timed out after {time_limit:g}s; the process group was killed"
+        raise ProcessTimeout(message, stdout=stdout, stderr=stderr)
+    returncode = proc.returncode
+    assert returncode is not None  # _wait_exit returned
+    return ProcessOutcome(returncode=returncode, stdout=stdout, stderr=stderr)

@@ -1,0 +1,128 @@
+"""The script runner behind ``run_script``: resolve safely, run sandboxed-ish, parse one JSON object.
+
+* **Names**: ``[A-Za-z0-9_-]+`` with an optional ``.py``; the file must resolve (symlinks followed)
+  to a regular file inside ``scripts_dir``. Anything else (``../x``, absolute paths, ``a/b``, a symlink
+  pointing out of the folder) is refused before anything is spawned.
+* **Process**: ``[settings.python, <resolved path>]``, no shell, working directory ``scripts_dir``,
+  its own session and process group (see :mod:`secauto.engine.process` for the kill guarantees).
+* **Environment**: an allowlist, ``PATH``, ``LANG``, ``HOME``, ``TMPDIR`` (when set) plus
+  ``settings.script_env``. Nothing else of the server's environment (API keys, Redis password, webhook
+  secrets) reaches a script.
+* **Input**: one JSON object on stdin, the context overlaid with the step's parameters.
+* **Output**: stdout must be exactly one JSON object; stdout and stderr are each capped at
+  ``settings.max_output_bytes`` (a script that floods is killed and the step fails).
+
+Every failure is a :class:`~secauto.engine.errors.StepError` whose message carries the reason and the
+tail of the script's stderr. Cancellation kills the script's process group and propagates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from secauto.engine.errors import StepError, short
+from secauto.engine.process import ProcessFailure, run_process
+from secauto.engine.settings import EngineSettings
+
+SCRIPT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(\.py)?\Z")
+ENV_ALLOWLIST = ("PATH", "LANG", "HOME", "TMPDIR")
+STDERR_TAIL = 2000
+STDOUT_QUOTE = 200
+
+
+def script_name_problem(name: Any) -> str | None:
+    """Why ``name`` is not an acceptable script name, or None."""
+    if not isinstance(name, str) or not SCRIPT_NAME_RE.match(name):
+        return f"bad script name {short(name)}: use letters, digits, '_' and '-', optionally '.py'"
+    return None
+
+
+def resolve_script(name: str, scripts_dir: Path) -> Path:
+    """The script file for ``name`` inside ``scripts_dir``; raises :class:`StepError` otherwise."""
+    problem = script_name_problem(name)
+    if problem:
+        raise StepError(problem)
+    filename = name if name.endswith(".py") else f"{name}.py"
+    root = scripts_dir.resolve()
+    try:
+        resolved = (root / filename).resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError):
+        raise StepError(f"script {name!r} not found in {root}") from None
+    except (OSError, RuntimeError) as exc:  # symlink loops, permission problems
+        raise StepError(f"script {name!r} cannot be resolved: {exc}") from None
+    if not resolved.is_relative_to(root):
+        raise StepError(f"script {name!r} resolves outside the scripts folder; refused")
+    if not resolved.is_file():
+        raise StepError(f"script {name!r} is not a regular file")
+    return resolved
+
+
+def script_environment(settings: EngineSettings) -> dict[str, str]:
+    """The allowlisted environment a script runs with."""
+    env = {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
+    env.update(settings.script_env)
+    return env
+
+
+def _tail(data: bytes) -> str:
+    return data[-STDERR_TAIL:].decode(errors="replace").strip()
+
+
+def _with_stderr(message: str, stderr: bytes) -> str:
+    tail = _tail(stderr)
+    return f"{message}; stderr: {tail}" if tail else message
+
+
+async def run_script(
+    name: str,
+    payload: Mapping[str, Any],
+    settings: EngineSettings,
+    *,
+    time_limit: float | None = None,
+) -> dict[str, Any]:
+    """Run script ``name`` with ``payload`` on stdin and return its JSON object.
+
+    ``time_limit`` defaults to ``settings.script_timeout``. Raises :class:`StepError` on a bad name, a
+    missing script, a non-serialisable payload, a start failure, a timeout, output over the cap, a
+    non-zero exit or stdout that is not one JSON object. Cancellation kills the process group.
+    """
+    path = resolve_script(name, settings.scripts_dir)
+    try:
+        stdin = msgspec.json.encode(payload)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise StepError(f"script {name!r}: the input cannot be encoded as JSON: {exc}") from None
+    limit = time_limit if time_limit is not None else settings.script_timeout
+    try:
+        outcome = await run_process(
+            [settings.python, str(path)],
+            stdin=stdin,
+            env=script_environment(settings),
+            cwd=path.parent,
+            time_limit=limit,
+            max_output_bytes=settings.max_output_bytes,
+        )
+    except ProcessFailure as exc:
+        raise StepError(_with_stderr(f"script {name!r} {exc}", exc.stderr)) from None
+    except OSError as exc:
+        raise StepError(f"script {name!r} could not be started with {settings.python!r}: {exc}") from None
+    if outcome.returncode != 0:
+        how = f"was killed by signal {-outcome.returncode}" if outcome.returncode < 0 else "exited with status"
+        status = "" if outcome.returncode < 0 else f" {outcome.returncode}"
+        raise StepError(_with_stderr(f"script {name!r} {how}{status}", outcome.stderr))
+    try:
+        result = msgspec.json.decode(outcome.stdout)
+    except msgspec.DecodeError:
+        quoted = outcome.stdout[:STDOUT_QUOTE].decode(errors="replace")
+        raise StepError(
+            _with_stderr(f"script {name!r} did not print a JSON object; stdout starts with {quoted!r}", outcome.stderr)
+        ) from None
+    if not isinstance(result, dict):
+        quoted = outcome.stdout[:STDOUT_QUOTE].decode(errors="replace")
+        raise StepError(f"script {name!r} printed JSON that is not an object: {quoted!r}")
+    return result

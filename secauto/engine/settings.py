@@ -1,0 +1,31 @@
+"""Engine settings: where scripts and playbooks live, the script interpreter and the limits.
+
+The node builds one :class:`EngineSettings` from ``config.engine`` (plus ``sys.executable`` when no
+interpreter is configured); tests build their own. Nothing here reads the environment or the disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+
+class EngineSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything the engine needs to run playbooks; immutable and shared by all runs."""
+
+    scripts_dir: Path
+    playbooks_dir: Path
+    python: str  # interpreter for scripts (the caller passes sys.executable by default)
+    script_timeout: float = 60.0
+    max_output_bytes: int = 1_048_576  # cap on a script's stdout and on its stderr, each
+    script_env: dict[str, str] = {}  # extra variables allowed into scripts' environment
+    # Limits. Validation: steps in one document (nested ones included), nesting of if/foreach
+    # (and of `play` at run time), the size of the context as JSON.
+    max_steps: int = 1000
+    max_depth: int = 16
+    max_context_bytes: int = 1_048_576
+    # Run time: steps executed by one run_playbook call (loops and `play` included).
+    max_executed_steps: int = 100_000
+    # http_request: default timeout and the cap on a response body.
+    http_timeout: float = 30.0
