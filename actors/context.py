@@ -32,6 +32,3 @@ class NodeContext(msgspec.Struct, kw_only=True):
     def heartbeat_interval(self) -> float:
         return self.settings.config.cluster.heartbeat_interval
 
-    @property
-    def retention_s(self) -> int:
-        return max(1, int(self.settings.config.cluster.job_retention))

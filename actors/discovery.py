@@ -66,7 +66,7 @@ class DiscoveryActor(Actor):
 
     async def _refresh(self) -> None:
         try:
-            records = await self.ctx.registry.list()
+            records = await self.ctx.registry.live_nodes()
             self.leader = await self.ctx.registry.leader()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             self.log.warning("cannot read the registry: {}", exc)

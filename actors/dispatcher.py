@@ -1,9 +1,10 @@
 """DispatcherActor: accepts submissions and claims work for this node while it has free slots.
 
-It wakes on ``job.submitted``/``job.retrying`` events (pub/sub), when the executor frees slots, and on
+It wakes on ``job.submitted``/``job.retrying``/``job.requeued`` events (pub/sub), when the executor frees slots, and on
 a slow poll that only covers lost notifications. It never claims more jobs than free slots, so no job
 waits behind a busy node (no prefetch). Redis errors during a claim are logged and retried on the next
-wake-up or poll; they never crash the actor.
+wake-up or poll; they never crash the actor. It also forwards ``job.cancelled`` events that name this
+node to the executor, which stops that attempt.
 """
 
 from __future__ import annotations
@@ -16,14 +17,30 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor
-from actors.messages import GetJob, JobsFinished, RunJobs, StopClaiming, SubmitJobs, Wake
-from secauto.models import make_event
+from actors.messages import (
+    CancelJob,
+    ForgetJob,
+    GetJob,
+    JobsFinished,
+    ListDeadLetters,
+    RequeueJob,
+    RunJobs,
+    StopAttempts,
+    StopClaiming,
+    SubmitJobs,
+    Wake,
+)
+from secauto.models import event_decoder, make_event
 from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
 
-_WAKE_PREFIXES = (event_prefix("job.submitted"), event_prefix("job.retrying"))
+_WAKE_PREFIXES = (event_prefix("job.submitted"), event_prefix("job.retrying"), event_prefix("job.requeued"))
+_CANCELLED = event_prefix("job.cancelled")
 
 
 class DispatcherActor(Actor):
+    # Unbounded: every JobsFinished must arrive (slot accounting), and Wake is coalesced anyway.
+    mailbox_size = 0
+
     def __init__(self, ctx: NodeContext, executor_name: str = "executor") -> None:
         self.ctx = ctx
         self.executor_name = executor_name
@@ -52,12 +69,29 @@ class DispatcherActor(Actor):
             case SubmitJobs(jobs=jobs):
                 events = [make_event("job.submitted", job_id=job.id, node_id=self.ctx.node_id, status="pending",
                                      priority=job.priority) for job in jobs]
-                stored = await self.ctx.queue.submit(jobs, events)
+                cluster = self.ctx.settings.config.cluster
+                stored = await self.ctx.queue.submit(
+                    jobs, events, durable_replicas=cluster.durable_replicas if cluster.durable_submit else 0,
+                    durable_timeout_ms=int(cluster.durable_timeout * 1000))
                 for job in jobs:
                     self.log.bind(job_id=job.id).info("Job submitted to distributed queue")
                 return stored
             case GetJob(job_id=job_id):
                 return await self.ctx.queue.get_raw(job_id)
+            case CancelJob(job_id=job_id):
+                before = await self.ctx.queue.cancel(job_id)
+                if before in ("pending", "running"):
+                    self.log.bind(job_id=job_id).info("Job cancelled (was {})", before)
+                return before
+            case RequeueJob(job_id=job_id):
+                before = await self.ctx.queue.requeue(job_id)
+                if before in ("failed", "cancelled"):
+                    self.log.bind(job_id=job_id).info("Job requeued (was {})", before)
+                return before
+            case ForgetJob(job_id=job_id):
+                return await self.ctx.queue.forget(job_id)
+            case ListDeadLetters(offset=offset, limit=limit):
+                return await self.ctx.queue.dead_letters(offset=offset, limit=limit)
             case StopClaiming():
                 self.claiming = False
                 self.cancel_timer("poll")
@@ -77,6 +111,10 @@ class DispatcherActor(Actor):
         async for payload in subscribe(self.ctx.queue.redis, channel, component="dispatcher"):
             if payload == RESUBSCRIBED or payload.startswith(_WAKE_PREFIXES):
                 self._request_wake()
+            elif payload.startswith(_CANCELLED):
+                event = event_decoder.decode(payload)
+                if event.node_id == self.ctx.node_id and event.job_id:
+                    self.system.get(self.executor_name).tell(StopAttempts([event.job_id], "job cancelled"))
 
     async def _claim(self) -> None:
         """Claim while there are free slots and the queue gives jobs; hand them to the executor."""

@@ -1,36 +1,60 @@
-"""ExecutorActor: runs claimed jobs, keeps their leases alive and records their results.
+"""ExecutorActor: runs claimed jobs, keeps their leases alive and records how each attempt ended.
 
-Each job runs as an aiojobs job under its timeout (the job's ``timeout`` or ``cluster.job_timeout``).
-Leases of all running jobs are renewed in one batched call every ``lease_timeout / 3``; a job whose
-lease was lost (taken over after this node was presumed dead, or cancelled) is stopped at once and its
-result is not written. Results are written by a fenced Lua script, so a stale attempt can never
-overwrite the outcome of a newer one. If Redis is unreachable when a job ends, the write is retried
-with backoff for as long as the attempt may still own the job.
+Each attempt runs as an aiojobs job under its timeout (the job's ``timeout`` or ``cluster.job_timeout``).
+A tracked task renews the leases of all running jobs in one batched call every ``lease_timeout / 3``;
+it does not go through the mailbox, so a busy actor never delays it. An attempt whose lease was lost
+(taken over after this node was presumed dead) or whose job was cancelled is stopped at once, scripts
+included, and writes nothing. Every write is a fenced Lua script, so a stale attempt can never change a
+job that moved on.
+
+How an attempt ends: success -> ``completed``; playbook error or timeout -> retried after an
+exponential backoff (preferring another node) while retries remain, else ``failed`` and dead-lettered.
+If Redis is unreachable when an attempt ends, the write is retried with backoff until it lands or the
+attempt is stopped.
+
+Job tasks update the executor's bookkeeping (running set, counters) directly when they end: they run
+on the actor's event loop, so this is race-free, and it lets ``Drain`` (which waits inside ``receive``)
+see jobs finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any
 
 import aiojobs
+import msgspec
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
-from actors.core import Actor
-from actors.messages import Drain, ExecutorStats, GetStats, JobDone, JobsFinished, RenewLeases, RunJobs
+from actors.core import Actor, ActorDeadError
+from actors.messages import Drain, DrainReport, ExecutorStats, GetStats, JobsFinished, RunJobs, StopAttempts
 from secauto.engine import PlaybookInvalid, run_playbook
-from secauto.models import Job, make_event, utc_now
+from secauto.models import Attempt, Job, make_event, utc_now
+from secauto.store.jobs import FinishOutcome
+
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+
+def retry_backoff_ms(retry_number: int, base_s: float, cap_s: float) -> int:
+    """Backoff before retry ``retry_number`` (1-based): base * 2^(n-1), capped (jitter is the caller's)."""
+    return int(min(cap_s, base_s * 2 ** (retry_number - 1)) * 1000)
+
+
+class _Running(msgspec.Struct):
+    job: Job
+    task: aiojobs.Job[None]
 
 
 class ExecutorActor(Actor):
     def __init__(self, ctx: NodeContext, dispatcher_name: str = "dispatcher") -> None:
         self.ctx = ctx
         self.dispatcher_name = dispatcher_name
-        self.running: dict[str, tuple[Job, aiojobs.Job[None]]] = {}
+        self.running: dict[str, _Running] = {}
         self.completed = 0
         self.failed = 0
         self._scheduler: aiojobs.Scheduler | None = None
@@ -39,14 +63,13 @@ class ExecutorActor(Actor):
         self.log = logger.bind(component="executor", node_id=ctx.node_id)
 
     async def on_start(self) -> None:
+        await self._recover_previous_incarnation()
         # The dispatcher enforces capacity; the scheduler only tracks and closes the job tasks.
         self._scheduler = aiojobs.Scheduler(limit=None, pending_limit=0, close_timeout=1.0)
-        interval = self.ctx.settings.config.cluster.lease_timeout / 3
-        self.start_timer("renew", interval, RenewLeases())
+        self.run_task(self._renew_forever(), name="lease-renewal")
 
     async def on_stop(self) -> None:
         if self._scheduler is not None:
-            # Cancels what still runs; their leases expire and the leader requeues them.
             await self._scheduler.close()
             self._scheduler = None
 
@@ -59,17 +82,8 @@ class ExecutorActor(Actor):
             case RunJobs(jobs=jobs):
                 for job in jobs:
                     await self._start(job)
-            case JobDone(job_id=job_id, status=status):
-                self.running.pop(job_id, None)
-                if status == "completed":
-                    self.completed += 1
-                elif status == "failed":
-                    self.failed += 1
-                if not self.running:
-                    self._idle.set()
-                self.system.get(self.dispatcher_name).tell(JobsFinished(1))
-            case RenewLeases():
-                await self._renew()
+            case StopAttempts(job_ids=job_ids, reason=reason):
+                await self._stop_attempts(job_ids, reason)
             case GetStats():
                 return self.stats()
             case Drain(grace=grace):
@@ -78,83 +92,158 @@ class ExecutorActor(Actor):
                 raise TypeError(f"executor got an unexpected message {message!r}")
         return None
 
+    async def _recover_previous_incarnation(self) -> None:
+        """A node restarting under the same id takes its previous incarnation's jobs off at once
+        (they count as lost with their node) instead of leaving them to wait for lease expiry."""
+        try:
+            recovery = await self.ctx.queue.recover(leader_token="", mode="nodes", cause="node restarted",
+                                                    nodes=[self.ctx.node_id], check_records=False)
+        except _REDIS_ERRORS as exc:
+            self.log.warning("could not check for jobs of a previous run ({}); their leases will expire", exc)
+            return
+        if recovery is not None and recovery.total:
+            self.log.warning("recovered {} job(s) left running by this node's previous run", recovery.total)
+
     async def _start(self, job: Job) -> None:
         assert self._scheduler is not None
         self._idle.clear()
         task = await self._scheduler.spawn(self._run(job))
-        self.running[job.id] = (job, task)
+        self.running[job.id] = _Running(job, task)
 
-    async def _renew(self) -> None:
-        if not self.running:
-            return
-        attempts = {job_id: job.attempt for job_id, (job, _) in self.running.items()}
-        try:
-            lost = await self.ctx.queue.renew(self.ctx.node_id, attempts, self.ctx.lease_ms)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            self.log.warning("lease renewal failed, retrying on the next tick: {}", exc)
-            return
-        for job_id in lost:
+    async def _stop_attempts(self, job_ids: list[str], reason: str) -> None:
+        for job_id in job_ids:
             entry = self.running.get(job_id)
             if entry is not None:
-                self.log.bind(job_id=job_id).warning("lease lost (job finished, cancelled or taken over); "
-                                                     "stopping this attempt")
-                await entry[1].close()
+                self.log.bind(job_id=job_id).warning("stopping attempt {}: {}", entry.job.attempt, reason)
+                await entry.task.close()
 
-    async def _drain(self, grace: float) -> int:
+    async def _renew_forever(self) -> None:
+        """Renew every running job's lease each lease_timeout / 3, whatever the mailbox is doing."""
+        interval = self.ctx.settings.config.cluster.lease_timeout / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self.running:
+                continue
+            attempts = {job_id: entry.job.attempt for job_id, entry in self.running.items()}
+            try:
+                lost = await self.ctx.queue.renew(self.ctx.node_id, attempts, self.ctx.lease_ms)
+            except _REDIS_ERRORS as exc:
+                self.log.warning("lease renewal failed, retrying on the next tick: {}", exc)
+                continue
+            if lost:
+                self.ref.tell(StopAttempts(lost, "lease lost (finished, cancelled or taken over elsewhere)"))
+
+    async def _drain(self, grace: float) -> DrainReport:
+        before = self.completed + self.failed
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=grace)
         except TimeoutError:
-            self.log.warning("{} job(s) still running after the {:.0f}s grace period", len(self.running), grace)
-        return len(self.running)
+            self.log.warning("{} job(s) still running after the {:g}s grace period", len(self.running), grace)
+        leftover = {job_id: entry.job.attempt for job_id, entry in self.running.items()}
+        for entry in list(self.running.values()):
+            await entry.task.close()
+        handed_back = 0
+        if leftover:
+            try:
+                handed_back = await self.ctx.queue.handback(self.ctx.node_id, leftover)
+            except _REDIS_ERRORS as exc:
+                self.log.error("could not hand back {} job(s) ({}); their leases will expire", len(leftover), exc)
+        return DrainReport(finished=self.completed + self.failed - before, handed_back=handed_back)
 
     async def _run(self, job: Job) -> None:
-        """One attempt of ``job``: run the playbook, then write the outcome (fenced).
+        """One attempt of ``job``: run the playbook, then record how it ended (fenced).
 
-        Cancellation (lease lost, shutdown) propagates without writing anything: the job's lease runs
-        out and the leader requeues it.
+        Cancellation (lease lost, job cancelled, shutdown) propagates without writing anything.
         """
         log = self.log.bind(job_id=job.id)
         timeout = job.timeout or self.ctx.settings.config.cluster.job_timeout
         started = time.monotonic()
-        status = "abandoned"
+        outcome: str | None = None
         try:
             log.info("Job started (attempt {})", job.attempt)
-            try:
-                outcome = await asyncio.wait_for(
-                    run_playbook(job.playbook, job.context, self.ctx.engine, job_id=job.id), timeout=timeout)
-            except TimeoutError:
-                job.status, job.error = "failed", f"job timed out after {timeout:g}s"
-            except PlaybookInvalid as exc:
-                job.status, job.error = "failed", f"invalid playbook: {exc}"
-            else:
-                job.status = "completed" if outcome.success else "failed"
-                job.error = outcome.error
-                job.results = list(outcome.results)
-                job.context = outcome.context
-            job.completed_at = utc_now()
-            written = await self._record(job)
-            status = job.status if written else "abandoned"
-            duration = time.monotonic() - started
+            final, result = await self._execute(job, seconds=timeout)
+            written = await self._record(job, final, result)
+            outcome = final.status if written else None
             if written:
-                log.info("Job {} in {:.3f}s", job.status, duration)
+                log.info("Job {} in {:.3f}s{}", final.status, time.monotonic() - started,
+                         f" ({final.error})" if final.error else "")
             else:
                 log.warning("result refused: this node no longer holds attempt {}", job.attempt)
         except Exception:
-            log.exception("job attempt crashed; its lease will expire and the leader will retry it")
+            log.exception("attempt crashed while recording its result; the leader will recover the job")
         finally:
-            if self.ref.is_alive:
-                self.ref.tell(JobDone(job.id, status))
+            self._finished(job.id, outcome)
 
-    async def _record(self, job: Job) -> bool:
-        """Write the final record, retrying through Redis outages while the lease may still be ours."""
-        event = make_event(f"job.{job.status}", job_id=job.id, node_id=self.ctx.node_id, status=job.status,
-                           attempt=job.attempt, error=job.error)
+    async def _execute(self, job: Job, *, seconds: float) -> tuple[Job, FinishOutcome]:
+        """Run the playbook and build the job's next record. Never raises but for cancellation."""
+        error: str | None
+        reason: str | None = None
+        results: list[Any] = job.results
+        context = job.context
+        try:
+            outcome = await asyncio.wait_for(
+                run_playbook(job.playbook, job.context, self.ctx.engine, job_id=job.id), timeout=seconds)
+        except TimeoutError:
+            error, reason = f"job timed out after {seconds:g}s", "timeout"
+        except PlaybookInvalid as exc:
+            error, reason = f"invalid playbook: {exc}", "invalid_playbook"
+        else:
+            results, context = list(outcome.results), outcome.context
+            error = outcome.error
+            if not outcome.success:
+                reason = "playbook_error"
+        now = utc_now()
+        attempt = Attempt(attempt=job.attempt, node=self.ctx.node_id, started_at=job.started_at, ended_at=now,
+                          outcome="completed" if reason is None else ("timeout" if reason == "timeout" else "failed"),
+                          error=error)
+        attempts = [*job.attempts, attempt]
+        if reason is None:
+            return msgspec.structs.replace(job, status="completed", completed_at=now, error=None, reason=None,
+                                           results=results, context=context, attempts=attempts), "completed"
+        retryable = reason != "invalid_playbook" and job.retry_count < job.max_retries
+        if retryable:
+            # The retry starts again from the submitted context; this attempt's results stay visible.
+            return msgspec.structs.replace(job, status="pending", assigned_to=None, retry_count=job.retry_count + 1,
+                                           error=error, reason=reason, results=results, attempts=attempts), "retry"
+        return msgspec.structs.replace(job, status="failed", completed_at=now, error=error, reason=reason,
+                                       results=results, context=context, attempts=attempts), "dead"
+
+    async def _record(self, job: Job, final: Job, outcome: FinishOutcome) -> bool:
+        """Write the attempt's end, retrying through Redis outages while the attempt may still own it."""
+        node = self.ctx.node_id
+        fields: dict[str, Any] = {"job_id": job.id, "node_id": node, "attempt": job.attempt}
+        extra = None
+        backoff = 0
+        if outcome == "completed":
+            event = make_event("job.completed", status="completed", **fields)
+        elif outcome == "retry":
+            cluster = self.ctx.settings.config.cluster
+            backoff = retry_backoff_ms(final.retry_count, cluster.retry_backoff, cluster.retry_backoff_max)
+            backoff = int(backoff * (0.5 + 0.5 * random.random()))
+            event = make_event("job.retrying", status="pending", error=final.error, reason=final.reason, **fields)
+        else:
+            event = make_event("job.failed", status="failed", error=final.error, reason=final.reason, **fields)
+            extra = make_event("job.dead_lettered", status="failed", error=final.error, reason=final.reason,
+                               **fields)
         delay = 0.1
         while True:
             try:
-                return await self.ctx.queue.complete(job, self.ctx.node_id, self.ctx.retention_s, event)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                self.log.bind(job_id=job.id).warning("cannot record result yet ({}); retrying in {:.1f}s",
+                return await self.ctx.queue.finish(final, node, outcome, event, backoff_ms=backoff, extra_event=extra)
+            except _REDIS_ERRORS as exc:
+                self.log.bind(job_id=job.id).warning("cannot record the attempt yet ({}); retrying in {:.1f}s",
                                                      exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _finished(self, job_id: str, outcome: str | None) -> None:
+        self.running.pop(job_id, None)
+        if outcome == "completed":
+            self.completed += 1
+        elif outcome in ("failed", "pending"):  # pending: failed attempt, retry scheduled
+            self.failed += 1
+        if not self.running:
+            self._idle.set()
+        try:
+            self.system.get(self.dispatcher_name).tell(JobsFinished(1))
+        except (ActorDeadError, KeyError):  # the dispatcher stops before us at shutdown: no slots to free
+            self.log.debug("dispatcher gone; freed slot not reported")

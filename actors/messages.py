@@ -20,6 +20,31 @@ class GetJob(msgspec.Struct, frozen=True):
     job_id: str
 
 
+class CancelJob(msgspec.Struct, frozen=True):
+    """Ask: cancel a pending or running job. Answers its status before the call, or None if unknown."""
+
+    job_id: str
+
+
+class RequeueJob(msgspec.Struct, frozen=True):
+    """Ask: put a failed or cancelled job back in the queue. Answers the previous status or None."""
+
+    job_id: str
+
+
+class ForgetJob(msgspec.Struct, frozen=True):
+    """Ask: delete a dead-lettered job. Answers True, or False if it is not in the DLQ."""
+
+    job_id: str
+
+
+class ListDeadLetters(msgspec.Struct, frozen=True):
+    """Ask: (DLQ size, records of the newest entries from offset)."""
+
+    offset: int
+    limit: int
+
+
 class Wake(msgspec.Struct, frozen=True):
     """Tell: there may be work in the queue (pub/sub notification, poll timer or freed slots)."""
 
@@ -41,15 +66,11 @@ class RunJobs(msgspec.Struct, frozen=True):
     jobs: list[Job]
 
 
-class JobDone(msgspec.Struct, frozen=True):
-    """Tell (a job's task -> its executor): the attempt ended."""
+class StopAttempts(msgspec.Struct, frozen=True):
+    """Tell: stop these running attempts now, writing nothing (lease lost, or the job was cancelled)."""
 
-    job_id: str
-    status: str  # completed | failed | abandoned (not written: lease lost or shutdown)
-
-
-class RenewLeases(msgspec.Struct, frozen=True):
-    """Timer: renew the leases of every running job in one call."""
+    job_ids: list[str]
+    reason: str
 
 
 class GetStats(msgspec.Struct, frozen=True):
@@ -68,10 +89,15 @@ class ExecutorStats(msgspec.Struct, frozen=True):
 
 
 class Drain(msgspec.Struct, frozen=True):
-    """Ask: wait up to ``grace`` seconds for running jobs, then abandon the rest (their leases expire
-    or, with issue-4 hand-back, are returned). Answers the number of jobs still running at the end."""
+    """Ask: wait up to ``grace`` seconds for running jobs, then stop the rest and hand them back to the
+    queue. Answers a DrainReport."""
 
     grace: float
+
+
+class DrainReport(msgspec.Struct, frozen=True):
+    finished: int  # jobs that ended during the grace period
+    handed_back: int
 
 
 # --- Heartbeat ----------------------------------------------------------------------------------
@@ -118,3 +144,14 @@ class Reap(msgspec.Struct, frozen=True):
 
 class IsLeader(msgspec.Struct, frozen=True):
     """Ask: does this node hold the leader lease? Answers bool."""
+
+
+class GetRecoveryStats(msgspec.Struct, frozen=True):
+    """Ask: the reaper's recovery statistics (a RecoveryStats)."""
+
+
+class RecoveryStats(msgspec.Struct, kw_only=True):
+    recovered: int = 0  # jobs taken from lost nodes (requeued, failed or quarantined)
+    quarantined: int = 0
+    last_recovery_s: float | None = None  # from the lost node's last sign of life to the requeue
+    max_recovery_s: float | None = None

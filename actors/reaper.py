@@ -1,13 +1,19 @@
 """ReaperActor: holds (or waits for) the leader lease; only the leader recovers orphaned jobs.
 
-The lease lives ``election_timeout`` and is renewed every third of it. Each reap is one Lua script that
-first checks the caller still holds the lease, so a deposed leader changes nothing. Jobs whose lease
-expired go back to the queue (or fail once their retries are used up).
+Election: the lease lives 2/3 of ``election_timeout`` and every node tries to take or renew it every
+1/6, so a new leader is in place within 5/6 of ``election_timeout`` after the old one's death. Each
+recovery pass is a Lua script that first checks the caller still holds the lease, so a deposed leader
+changes nothing.
+
+Recovery is driven by liveness, never by run time: a job is taken back when its lease expired (its
+node stopped renewing) or when its node's record is gone (3 missed heartbeats). The time from the lost
+node's last sign of life to the takeover is logged and kept in :class:`RecoveryStats`.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 from loguru import logger
@@ -16,8 +22,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor
-from actors.messages import Elect, IsLeader, Reap
+from actors.messages import Elect, GetRecoveryStats, IsLeader, Reap, RecoveryStats
 from secauto.models import make_event
+from secauto.store.jobs import Recovery
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
@@ -27,15 +34,19 @@ class ReaperActor(Actor):
         self.ctx = ctx
         self.token = f"{ctx.node_id}:{secrets.token_hex(8)}"
         self.is_leader = False
+        self.stats = RecoveryStats()
         self.log = logger.bind(component="reaper", node_id=ctx.node_id)
 
     @property
+    def election_timeout(self) -> float:
+        return self.ctx.settings.config.cluster.election_timeout
+
+    @property
     def reap_interval(self) -> float:
-        return max(0.1, min(self.ctx.settings.config.cluster.lease_timeout / 3, 5.0))
+        return max(0.1, min(self.ctx.settings.config.cluster.lease_timeout / 3, self.ctx.heartbeat_interval, 5.0))
 
     async def on_start(self) -> None:
-        election = self.ctx.settings.config.cluster.election_timeout
-        self.start_timer("elect", election / 3, Elect(), initial_delay=0.0)
+        self.start_timer("elect", self.election_timeout / 6, Elect(), initial_delay=0.0)
         self.start_timer("reap", self.reap_interval, Reap())
 
     async def on_stop(self) -> None:
@@ -56,12 +67,14 @@ class ReaperActor(Actor):
                     await self._reap()
             case IsLeader():
                 return self.is_leader
+            case GetRecoveryStats():
+                return self.stats
             case _:
                 raise TypeError(f"reaper got an unexpected message {message!r}")
         return None
 
     async def _elect(self) -> None:
-        lease_ms = int(self.ctx.settings.config.cluster.election_timeout * 1000)
+        lease_ms = int(self.election_timeout * 2000 / 3)
         event = make_event("leader.changed", node_id=self.ctx.node_id)
         try:
             outcome = await self.ctx.registry.hold_leadership(self.token, lease_ms, event)
@@ -71,19 +84,43 @@ class ReaperActor(Actor):
         was_leader, self.is_leader = self.is_leader, outcome > 0
         if self.is_leader and not was_leader:
             self.log.info("became cluster leader")
+            await self._reap()  # a new leader catches up at once
         elif was_leader and not self.is_leader:
             self.log.warning("lost cluster leadership")
 
     async def _reap(self) -> None:
         try:
-            outcome = await self.ctx.queue.reap(self.token, retention_s=self.ctx.retention_s)
+            expired = await self.ctx.queue.recover(leader_token=self.token, mode="expired", cause="lease expired")
+            if expired is None:
+                return self._deposed()
+            self._account(expired, lost_since_ms=expired.oldest_deadline_ms - self.ctx.lease_ms)
+            _, lost_nodes = await self.ctx.registry.scan()
+            if lost_nodes:
+                recovered = await self.ctx.queue.recover(leader_token=self.token, mode="nodes",
+                                                         cause="node lost (missed 3 heartbeats)",
+                                                         nodes=list(lost_nodes))
+                if recovered is None:
+                    return self._deposed()
+                self._account(recovered, lost_since_ms=min(lost_nodes.values()))
+                await self.ctx.registry.forget(lost_nodes)
+                self.log.warning("node(s) lost: {}", ", ".join(sorted(lost_nodes)))
         except _REDIS_ERRORS as exc:
             self.log.warning("reap failed: {}", exc)
+        return None
+
+    def _deposed(self) -> None:
+        self.is_leader = False
+        self.log.warning("lost cluster leadership (lease taken); stopped reaping")
+
+    def _account(self, recovery: Recovery, *, lost_since_ms: int) -> None:
+        if not recovery.total:
             return
-        if outcome is None:
-            self.is_leader = False
-            self.log.warning("lost cluster leadership (lease taken); stopped reaping")
-            return
-        requeued, failed = outcome
-        if requeued or failed:
-            self.log.info("recovered orphaned jobs: {} requeued, {} failed (retries exhausted)", requeued, failed)
+        seconds = max(0.0, time.time() - lost_since_ms / 1000)
+        stats = self.stats
+        stats.recovered += recovery.total
+        stats.quarantined += recovery.quarantined
+        stats.last_recovery_s = round(seconds, 3)
+        stats.max_recovery_s = max(stats.max_recovery_s or 0.0, stats.last_recovery_s)
+        self.log.bind(recovery_s=stats.last_recovery_s).warning(
+            "recovered {} orphaned job(s): {} requeued, {} failed (retries used up), {} quarantined (poison)",
+            recovery.total, recovery.requeued, recovery.failed, recovery.quarantined)

@@ -67,6 +67,23 @@ class ClusterConfig(_Section):
     poll_interval: Seconds = 5.0
     # Finished jobs are kept this long (the document: 24 h).
     job_retention: Seconds = 86400.0
+    # Retries: exponential backoff with jitter, retry_backoff * 2^(n-1) capped at retry_backoff_max.
+    retry_backoff: Seconds = 1.0
+    retry_backoff_max: Seconds = 300.0
+    # A retry avoids the node it failed on for this long after its backoff, if other nodes claim it.
+    retry_avoid: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    # A job whose attempts took their node down this many times is quarantined in the DLQ.
+    poison_limit: Annotated[int, msgspec.Meta(ge=1)] = 2
+    # Dead-letter queue: at most dlq_max jobs (oldest dropped), each kept dlq_retention seconds.
+    dlq_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    dlq_retention: Seconds = 7 * 86400.0
+    # Acknowledge a submission only once durable_replicas replicas have it (Redis WAIT).
+    durable_submit: bool = False
+    durable_replicas: Annotated[int, msgspec.Meta(ge=1)] = 1
+    durable_timeout: Seconds = 2.0
+    # Redis Sentinel: "host:port" entries and the primary's service name (or use redis+sentinel://).
+    sentinels: list[str] = []
+    sentinel_service: str = "mymaster"
 
 
 class ApiKeyConfig(_Section):
@@ -385,7 +402,11 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
     if not keys:
         generated = secrets.token_urlsafe(32)
         keys = (ApiKey(name="generated", sha256=hash_key(generated), role="admin"),)
-    redis = parse_redis_url(cluster.redis_url, password=cluster.redis_password, db=cluster.redis_db)
+    if cluster.sentinels:
+        sentinel_url = f"redis+sentinel://{','.join(cluster.sentinels)}/{cluster.sentinel_service}"
+        redis = parse_redis_url(sentinel_url)
+    else:
+        redis = parse_redis_url(cluster.redis_url, password=cluster.redis_password, db=cluster.redis_db)
     return Settings(config=config, node_id=node_id, api_keys=keys, generated_api_key=generated, redis=redis,
                     base_dir=base_dir.resolve())
 

@@ -37,6 +37,18 @@ def new_job_id() -> str:
     return f"job-{uuid.uuid4().hex}"
 
 
+class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One try of a job: where and when it ran and how it ended."""
+
+    attempt: int
+    node: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    # completed, failed, timeout, node_lost, handed_back, cancelled
+    outcome: str
+    error: str | None = None
+
+
 class Job(msgspec.Struct, kw_only=True):
     """A job as stored at ``secauto:job:<id>`` and returned by ``GET /cluster/jobs/{id}``."""
 
@@ -51,16 +63,22 @@ class Job(msgspec.Struct, kw_only=True):
     started_at: str | None = None
     completed_at: str | None = None
     error: str | None = None
-    # --- body: written by Python only ---
+    # Why the job failed or was dead-lettered: playbook_error, timeout, node_lost, poison, cancelled.
+    reason: str | None = None
+    node_losses: int = 0  # attempts that ended with their node lost (poison-job detection)
+    avoid_node: str | None = None  # a retry prefers another node than this one ...
+    avoid_until: int = 0  # ... until this time (ms since the epoch, Redis clock)
+    affinity: str | None = None
+    # --- body: written by Python, except `attempts`, to which Lua appends (it must stay last) ---
     submitted_at: str
     submitted_to: str  # the node whose API accepted the job
     tags: list[str] = []
-    affinity: str | None = None
     timeout: float | None = None
     playbook_name: str | None = None
     playbook: list[Any] = []
     context: dict[str, Any] = {}
     results: list[Any] = []
+    attempts: list[Attempt] = []
 
 
 class NodeInfo(msgspec.Struct, kw_only=True):
@@ -98,6 +116,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     attempt: int | None = None
     priority: int | None = None
     error: str | None = None
+    reason: str | None = None
 
 
 EVENT_VERSION = 1

@@ -25,14 +25,14 @@ from actors.discovery import DiscoveryActor
 from actors.dispatcher import DispatcherActor
 from actors.executor import ExecutorActor
 from actors.heartbeat import HeartbeatActor
-from actors.messages import Drain, StopClaiming
+from actors.messages import Drain, DrainReport, StopClaiming
 from actors.reaper import ReaperActor
 from secauto.api.app import create_app
 from secauto.config import Settings
 from secauto.engine import EngineSettings
 from secauto.models import utc_now
 from secauto.store.connection import open_embedded, open_redis
-from secauto.store.jobs import JobQueue
+from secauto.store.jobs import JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
 
@@ -42,6 +42,15 @@ def engine_settings(settings: Settings) -> EngineSettings:
     return EngineSettings(scripts_dir=settings.scripts_dir, playbooks_dir=settings.playbooks_dir,
                           python=settings.python, script_timeout=engine.script_timeout,
                           max_output_bytes=engine.max_output_bytes, script_env=dict(engine.script_env))
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    cluster = settings.config.cluster
+    return RetentionPolicy(job_retention_s=max(1, int(cluster.job_retention)),
+                           dlq_retention_s=max(1, int(cluster.dlq_retention)), dlq_max=cluster.dlq_max,
+                           backoff_base_ms=int(cluster.retry_backoff * 1000),
+                           backoff_cap_ms=int(cluster.retry_backoff_max * 1000),
+                           avoid_ms=int(cluster.retry_avoid * 1000), poison_limit=cluster.poison_limit)
 
 
 def _advertised_host(bind_host: str) -> str:
@@ -79,7 +88,8 @@ class Node:
         settings = self.settings
         cluster = settings.config.cluster
         if self._redis is None:
-            self._redis = open_redis(settings.redis) if self.cluster_mode else open_embedded()
+            self._redis = (open_redis(settings.redis, password=cluster.redis_password, db=cluster.redis_db)
+                           if self.cluster_mode else open_embedded())
         try:
             await self._start(settings, cluster.cluster_name)
         except BaseException:
@@ -94,9 +104,10 @@ class Node:
         self.port = self._socket.getsockname()[1]
         keys = Keys(cluster_name)
         engine = engine_settings(settings)
+        queue = JobQueue(self.redis, keys, retention_policy(settings))
         ctx = NodeContext(settings=settings, node_id=settings.node_id, host=_advertised_host(server.host),
-                          port=self.port, started_at=utc_now(), queue=JobQueue(self.redis, keys),
-                          registry=NodeRegistry(self.redis, keys), engine=engine)
+                          port=self.port, started_at=utc_now(), queue=queue, registry=NodeRegistry(self.redis, keys),
+                          engine=engine)
         await self.system.spawn(ExecutorActor(ctx), name="executor")
         await self.system.spawn(DispatcherActor(ctx), name="dispatcher")
         await self.system.spawn(DiscoveryActor(ctx), name="discovery")
@@ -114,9 +125,9 @@ class Node:
         if dispatcher is not None and executor is not None:
             try:
                 await dispatcher.ask(StopClaiming(), timeout=5.0)
-                left = await executor.ask(Drain(grace), timeout=grace + 5.0)
-                if left:
-                    self.log.warning("{} job(s) abandoned at shutdown; the leader will requeue them", left)
+                report: DrainReport = await executor.ask(Drain(grace), timeout=grace + 10.0)
+                if report.handed_back:
+                    self.log.warning("{} unfinished job(s) handed back to the queue", report.handed_back)
             except Exception:
                 self.log.exception("draining failed; stopping anyway")
         if self._runner is not None:

@@ -1,4 +1,4 @@
-"""The job protocol: submit, claim, renew, complete and reap, each one Lua script (one round-trip).
+"""The job protocol: every state change of a job is one Lua script (one round-trip, atomic).
 
 Every method raises redis-py's ``ConnectionError``/``TimeoutError`` when Redis cannot be reached; the
 callers decide whether to retry, report 503 or back off.
@@ -7,39 +7,87 @@ callers decide whether to retry, report 503 or back off.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 from redis.asyncio import Redis
 
 from secauto.models import Event, Job, job_decoder, json_encoder, utc_now
 from secauto.store.keys import Keys
 from secauto.store.scripts import Scripts
 
+FinishOutcome = Literal["completed", "retry", "dead"]
+
+
+class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How long records live and how recovery backs off (from the cluster config)."""
+
+    job_retention_s: int = 86400
+    dlq_retention_s: int = 7 * 86400
+    dlq_max: int = 10_000
+    backoff_base_ms: int = 1000
+    backoff_cap_ms: int = 300_000
+    avoid_ms: int = 5000
+    poison_limit: int = 2
+
+
+class Recovery(msgspec.Struct, frozen=True):
+    """What one recovery pass did; ``oldest_deadline_ms`` is the earliest lost lease (0 if none)."""
+
+    requeued: int
+    failed: int
+    quarantined: int
+    oldest_deadline_ms: int
+
+    @property
+    def total(self) -> int:
+        return self.requeued + self.failed + self.quarantined
+
+
+class DurabilityError(Exception):
+    """A durable submission was stored but not acknowledged by enough replicas in time."""
+
 
 class JobQueue:
     """The cluster's job queue and job records in Redis (or the embedded store)."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, policy: RetentionPolicy | None = None) -> None:
         self.redis = redis
         self.keys = keys
+        self.policy = policy or RetentionPolicy()
         self._scripts = Scripts(redis)
 
-    async def submit(self, jobs: Sequence[Job], events: Sequence[Event]) -> int:
-        """Store, queue and announce ``jobs`` atomically (one script call). Returns how many were new."""
+    async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, due_ms: Sequence[int] | None = None,
+                     durable_replicas: int = 0, durable_timeout_ms: int = 0) -> int:
+        """Store, queue and announce ``jobs`` in one script call. Returns how many were new.
+
+        ``due_ms`` (epoch ms, 0 = now) parks a job in the delayed set until then. With
+        ``durable_replicas``, the call also waits (Redis WAIT, same connection) until that many replicas
+        acknowledged the write, and raises :class:`DurabilityError` if they did not in time.
+        """
         if not jobs:
             return 0
-        keys = [self.keys.queue, self.keys.sequence, *(self.keys.job(job.id) for job in jobs)]
+        dues = due_ms or [0] * len(jobs)
+        keys = [self.keys.queue, self.keys.sequence, self.keys.delayed, *(self.keys.job(job.id) for job in jobs)]
         args: list[Any] = [self.keys.channel]
-        for job, event in zip(jobs, events, strict=True):
-            args += [job.id, json_encoder.encode(job), json_encoder.encode(event)]
-        return int(await self._scripts.submit(keys=keys, args=args))
+        for job, event, due in zip(jobs, events, dues, strict=True):
+            args += [job.id, json_encoder.encode(job), json_encoder.encode(event), due]
+        if not durable_replicas:
+            return int(await self._scripts.submit(keys=keys, args=args))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._scripts.submit(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", durable_replicas, durable_timeout_ms)
+            stored, acked = await pipe.execute()
+        if int(acked) < durable_replicas:
+            raise DurabilityError(f"only {acked} of {durable_replicas} replica(s) acknowledged in time")
+        return int(stored)
 
     async def claim(self, node_id: str, max_jobs: int, lease_ms: int) -> list[Job]:
         """Atomically move up to ``max_jobs`` pending jobs to ``running`` on ``node_id``."""
         if max_jobs < 1:
             return []
         records = await self._scripts.claim(
-            keys=[self.keys.queue, self.keys.running],
+            keys=[self.keys.queue, self.keys.running, self.keys.delayed, self.keys.sequence],
             args=[node_id, max_jobs, lease_ms, utc_now(), self.keys.job_prefix, self.keys.channel],
         )
         return [job_decoder.decode(record) for record in records]
@@ -55,29 +103,84 @@ class JobQueue:
         for job_id, attempt in attempts.items():
             args += [job_id, attempt]
         lost = await self._scripts.renew(keys=[self.keys.running], args=args)
-        return [item.decode() if isinstance(item, bytes) else str(item) for item in lost]
+        return [_text(item) for item in lost]
 
-    async def complete(self, job: Job, node_id: str, retention_s: int, event: Event) -> bool:
-        """Write the final record of ``job`` if ``node_id`` still holds attempt ``job.attempt``.
+    async def finish(self, job: Job, node_id: str, outcome: FinishOutcome, event: Event, *,
+                     backoff_ms: int = 0, extra_event: Event | None = None) -> bool:
+        """End attempt ``job.attempt`` with ``job`` as the new record, if ``node_id`` still holds it.
 
-        Returns False (and writes nothing) for a stale writer.
+        ``completed`` keeps the record for the retention period, ``retry`` requeues it after
+        ``backoff_ms`` (preferring another node), ``dead`` dead-letters it. Returns False (and writes
+        nothing) for a stale writer.
         """
-        written = await self._scripts.complete(
-            keys=[self.keys.job(job.id), self.keys.running],
-            args=[job.id, node_id, job.attempt, json_encoder.encode(job), retention_s, self.keys.channel,
-                  json_encoder.encode(event)],
+        policy = self.policy
+        written = await self._scripts.finish(
+            keys=[self.keys.job(job.id), self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed,
+                  self.keys.dlq],
+            args=[job.id, node_id, job.attempt, json_encoder.encode(job), outcome, policy.job_retention_s,
+                  self.keys.channel, json_encoder.encode(event), backoff_ms, policy.dlq_max, policy.dlq_retention_s,
+                  json_encoder.encode(extra_event) if extra_event is not None else "", self.keys.job_prefix,
+                  policy.avoid_ms],
         )
         return bool(written)
 
-    async def reap(self, leader_token: str, *, limit: int = 100, retention_s: int) -> tuple[int, int] | None:
-        """Recover jobs whose lease expired. Returns (requeued, failed), or None if not the leader."""
+    async def recover(self, *, leader_token: str, mode: Literal["expired", "nodes"], cause: str,
+                      nodes: Sequence[str] = (), check_records: bool = True, limit: int = 500) -> Recovery | None:
+        """Recover running jobs presumed lost (see ``reap.lua``). None if the leader check failed.
+
+        In ``nodes`` mode a named node whose record still exists is skipped, unless ``check_records`` is
+        False (a node restarting under its old id recovers its previous run's jobs at once).
+        """
+        policy = self.policy
         result = await self._scripts.reap(
-            keys=[self.keys.running, self.keys.queue, self.keys.sequence, self.keys.dlq, self.keys.leader],
-            args=[leader_token, self.keys.job_prefix, self.keys.channel, utc_now(), limit, retention_s],
+            keys=[self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed, self.keys.dlq,
+                  self.keys.leader],
+            args=[leader_token, self.keys.job_prefix, self.keys.channel, utc_now(), limit, policy.dlq_retention_s,
+                  policy.dlq_max, policy.backoff_base_ms, policy.backoff_cap_ms, mode, policy.poison_limit,
+                  policy.avoid_ms, cause, self.keys.node_prefix if check_records else "", "", *nodes],
         )
         if not isinstance(result, list):
             return None
-        return int(result[0]), int(result[1])
+        return Recovery(*(int(value) for value in result))
+
+    async def handback(self, node_id: str, attempts: Mapping[str, int]) -> int:
+        """Give unfinished jobs back to the queue (graceful stop); returns how many went back."""
+        if not attempts:
+            return 0
+        args: list[Any] = [node_id, self.keys.job_prefix, self.keys.channel, utc_now()]
+        for job_id, attempt in attempts.items():
+            args += [job_id, attempt]
+        return int(await self._scripts.handback(keys=[self.keys.running, self.keys.queue], args=args))
+
+    async def cancel(self, job_id: str) -> str | None:
+        """Cancel a pending or running job. Returns its status before the call, or None if unknown."""
+        before = await self._scripts.cancel(
+            keys=[self.keys.job(job_id), self.keys.queue, self.keys.delayed, self.keys.running],
+            args=[job_id, utc_now(), self.keys.channel, self.policy.job_retention_s])
+        return _text(before) or None
+
+    async def requeue(self, job_id: str) -> str | None:
+        """Requeue a failed or cancelled job with a fresh retry budget. Returns the previous status."""
+        before = await self._scripts.requeue(
+            keys=[self.keys.job(job_id), self.keys.queue, self.keys.sequence, self.keys.dlq],
+            args=[job_id, utc_now(), self.keys.channel])
+        return _text(before) or None
+
+    async def forget(self, job_id: str) -> bool:
+        """Delete a dead-lettered job. False if it is not in the DLQ."""
+        return bool(await self._scripts.forget(keys=[self.keys.job(job_id), self.keys.dlq], args=[job_id]))
+
+    async def dead_letters(self, *, offset: int = 0, limit: int = 100) -> tuple[int, list[bytes]]:
+        """(DLQ size, the stored records of the newest entries from ``offset``)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.dlq)
+            pipe.zrevrange(self.keys.dlq, offset, offset + limit - 1)
+            size, ids = await pipe.execute()
+        if not ids:
+            return int(size), []
+        records = await self.redis.mget([self.keys.job(_text(job_id)) for job_id in ids])
+        return int(size), [record.encode() if isinstance(record, str) else record for record in records
+                           if record is not None]
 
     async def get_raw(self, job_id: str) -> bytes | None:
         """The stored JSON of a job, or None."""
@@ -89,7 +192,30 @@ class JobQueue:
         return None if raw is None else job_decoder.decode(raw)
 
     async def queue_size(self) -> int:
-        return int(await self.redis.zcard(self.keys.queue))
+        """Pending jobs: queued now plus those waiting out a backoff or delay."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.queue)
+            pipe.zcard(self.keys.delayed)
+            queued, delayed = await pipe.execute()
+        return int(queued) + int(delayed)
 
     async def running_size(self) -> int:
         return int(await self.redis.zcard(self.keys.running))
+
+    async def running_attempts(self, node_id: str) -> dict[str, int]:
+        """Jobs the registry says run on ``node_id`` (job id -> attempt); O(running jobs)."""
+        ids = [_text(job_id) for job_id in await self.redis.zrange(self.keys.running, 0, -1)]
+        if not ids:
+            return {}
+        records = await self.redis.mget([self.keys.job(job_id) for job_id in ids])
+        owned = {}
+        for record in records:
+            if record is not None:
+                job = job_decoder.decode(record)
+                if job.status == "running" and job.assigned_to == node_id:
+                    owned[job.id] = job.attempt
+        return owned
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -15,8 +15,8 @@ class Keys:
     """Key names for one cluster. Lua scripts receive these as KEYS/ARGV; none are built in Lua
     except ``job:<id>`` from :attr:`job_prefix` (the scripts touch jobs they pop from a ZSET)."""
 
-    __slots__ = ("channel", "cluster", "dlq", "job_prefix", "leader", "node_prefix", "queue", "running",
-                 "sequence")
+    __slots__ = ("channel", "cluster", "delayed", "dlq", "job_prefix", "leader", "node_index", "node_prefix", "queue",
+                 "running", "sequence")
 
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
@@ -27,15 +27,22 @@ class Keys:
         self.job_prefix = f"{PREFIX}:job:"
         # STRING per node: the node record, TTL 3 x heartbeat_interval.
         self.node_prefix = f"{PREFIX}:nodes:{cluster}:"
+        # ZSET index of node ids, score = last heartbeat (ms): lists nodes without SCAN over the keyspace.
+        # Members whose record expired are removed by readers, so it is bounded by the live nodes.
+        self.node_index = f"{PREFIX}:node-index:{cluster}"
         # pub/sub channel of lifecycle events (a public interface, see README).
         self.channel = f"{PREFIX}:events:{cluster}"
         # ZSET of running job ids, score = lease deadline in ms (Redis clock). Bounded by running jobs.
         self.running = f"{PREFIX}:running:{cluster}"
+        # ZSET of pending job ids not due yet (retry backoff, delay/run_at), score = due time in ms.
+        # Bounded by the number of pending jobs.
+        self.delayed = f"{PREFIX}:delayed:{cluster}"
         # STRING counter giving FIFO order inside a priority. One integer.
         self.sequence = f"{PREFIX}:seq:{cluster}"
         # STRING leader lease "<node_id>:<token>", PX election_timeout.
         self.leader = f"{PREFIX}:leader:{cluster}"
-        # ZSET of dead-lettered job ids, score = time (ms); trimmed to a cap by the reaper.
+        # ZSET of dead-lettered job ids, score = time (ms); capped at cluster.dlq_max (oldest out, record
+        # deleted); the records expire after cluster.dlq_retention.
         self.dlq = f"{PREFIX}:dlq:{cluster}"
 
     def job(self, job_id: str) -> str:

@@ -1,11 +1,16 @@
 """The node registry and the leader lease.
 
 Node records are JSON strings with a TTL of 3 heartbeats, so a dead node's record disappears by itself.
+An index ZSET (node id -> last heartbeat ms) lets readers list nodes without scanning the keyspace;
+index members whose record is gone are the nodes presumed lost, and readers prune them.
 The leader lease is a single key holding ``<node_id>:<token>``; only a holder of that exact value can
 renew or release it, so a node restarted under the same id does not inherit its old lease.
 """
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import msgspec
 from loguru import logger
@@ -23,26 +28,47 @@ class NodeRegistry:
         self._scripts = Scripts(redis)
 
     async def write(self, info: NodeInfo, ttl_ms: int) -> None:
-        await self.redis.set(self.keys.node(info.id), json_encoder.encode(info), px=ttl_ms)
+        """Write the record (TTL ``ttl_ms``) and index it, in one round-trip."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.node(info.id), json_encoder.encode(info), px=ttl_ms)
+            pipe.zadd(self.keys.node_index, {info.id: int(time.time() * 1000)})
+            await pipe.execute()
 
     async def remove(self, node_id: str) -> None:
-        await self.redis.delete(self.keys.node(node_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.node(node_id))
+            pipe.zrem(self.keys.node_index, node_id)
+            await pipe.execute()
 
-    async def list(self) -> list[NodeInfo]:
-        """Every node record currently in Redis (records that fail to decode are skipped)."""
-        names = [name async for name in self.redis.scan_iter(match=self.keys.node_pattern, count=500)]
-        if not names:
-            return []
-        records = await self.redis.mget(names)
-        nodes = []
-        for name, record in zip(names, records, strict=True):
-            if record is None:  # expired between SCAN and MGET
+    async def scan(self) -> tuple[list[NodeInfo], dict[str, int]]:
+        """(the live node records, {node id: last heartbeat ms} of indexed nodes whose record is gone)."""
+        pairs: list[Any] = await self.redis.zrange(self.keys.node_index, 0, -1, withscores=True)
+        indexed = [(_text(node_id), int(score)) for node_id, score in pairs]
+        if not indexed:
+            return [], {}
+        ids = [node_id for node_id, _ in indexed]
+        records = await self.redis.mget([self.keys.node(node_id) for node_id in ids])
+        nodes: list[NodeInfo] = []
+        lost: dict[str, int] = {}
+        for (_, last_beat), node_id, record in zip(indexed, ids, records, strict=True):
+            if record is None:
+                lost[node_id] = last_beat
                 continue
             try:
                 nodes.append(node_decoder.decode(record))
             except msgspec.ValidationError as exc:
-                logger.bind(component="registry").warning("ignoring malformed node record {}: {}", name, exc)
+                logger.bind(component="registry").warning("ignoring malformed node record {}: {}", node_id, exc)
+        return nodes, lost
+
+    async def live_nodes(self) -> list[NodeInfo]:
+        """Every live node record."""
+        nodes, _ = await self.scan()
         return nodes
+
+    async def forget(self, node_ids: list[str] | dict[str, int]) -> None:
+        """Drop lost nodes from the index (their records already expired)."""
+        if node_ids:
+            await self.redis.zrem(self.keys.node_index, *list(node_ids))
 
     async def publish(self, event: Event) -> None:
         await self.redis.publish(self.keys.channel, json_encoder.encode(event))
@@ -60,5 +86,8 @@ class NodeRegistry:
         value = await self.redis.get(self.keys.leader)
         if value is None:
             return None
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        return text.rpartition(":")[0]
+        return _text(value).rpartition(":")[0]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -12,7 +12,8 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-SCRIPT_NAMES = ("submit", "claim", "complete", "renew", "reap", "leader", "release")
+SCRIPT_NAMES = ("submit", "claim", "finish", "renew", "reap", "handback", "cancel", "requeue", "forget", "leader",
+                "release")
 
 
 @cache
@@ -28,10 +29,18 @@ class Scripts:
     """The registered scripts of one Redis client, one attribute per script."""
 
     def __init__(self, redis: Redis) -> None:
-        self.submit: AsyncScript = redis.register_script(script_source("submit"))
-        self.claim: AsyncScript = redis.register_script(script_source("claim"))
-        self.complete: AsyncScript = redis.register_script(script_source("complete"))
-        self.renew: AsyncScript = redis.register_script(script_source("renew"))
-        self.reap: AsyncScript = redis.register_script(script_source("reap"))
-        self.leader: AsyncScript = redis.register_script(script_source("leader"))
-        self.release: AsyncScript = redis.register_script(script_source("release"))
+        self.submit = self._load(redis, "submit")
+        self.claim = self._load(redis, "claim")
+        self.finish = self._load(redis, "finish")
+        self.renew = self._load(redis, "renew")
+        self.reap = self._load(redis, "reap")
+        self.handback = self._load(redis, "handback")
+        self.cancel = self._load(redis, "cancel")
+        self.requeue = self._load(redis, "requeue")
+        self.forget = self._load(redis, "forget")
+        self.leader = self._load(redis, "leader")
+        self.release = self._load(redis, "release")
+
+    @staticmethod
+    def _load(redis: Redis, name: str) -> AsyncScript:
+        return redis.register_script(script_source(name))

@@ -58,7 +58,7 @@ async def test_two_serve_processes_share_the_work(tmp_path: Path, redis_url: str
                     if job["status"] in ("completed", "failed"):
                         jobs[job_id] = job
                 await asyncio.sleep(0.2)
-        assert all(job["status"] == "completed" for job in jobs.values()), list(jobs.values())[0]
+        assert all(job["status"] == "completed" for job in jobs.values()), next(iter(jobs.values()))
         assert {job["context"]["baseit"]["target"] for job in jobs.values()} == {f"10.0.0.{n}" for n in range(24)}
         per_node = collections.Counter(job["assigned_to"] for job in jobs.values())
         assert set(per_node) == {"proc-0", "proc-1"}, per_node

@@ -218,11 +218,15 @@ async def test_expired_lease_is_requeued_by_the_leader(redis_url: str, redis_cli
         owner = msgspec.json.decode(raw)["assigned_to"]
         victim = next(node for node in nodes if node.settings.node_id == owner)
         # The owner stops renewing (as if paused): its lease runs out and the leader requeues the job.
-        victim.system.get("executor")._cell.cancel_timer("renew")  # type: ignore[attr-defined]
+        for task in victim.system.get("executor")._cell.tasks:  # type: ignore[attr-defined]
+            if task.get_name().endswith(":lease-renewal"):
+                task.cancel()
         await victim.system.get("dispatcher").ask(StopClaiming())
         [job] = await wait_finished(redis_client, [job_id], timeout=20)
         assert job["status"] == "completed"
-        assert job["retry_count"] == 1 and job["attempt"] == 2
+        assert job["retry_count"] == 1 and job["attempt"] == 2 and job["assigned_to"] != owner
+        assert [(a["node"], a["outcome"]) for a in job["attempts"]] == [(owner, "node_lost"),
+                                                                         (job["assigned_to"], "completed")]
 
 
 async def test_idle_nodes_wake_on_pubsub_not_polling(redis_url: str, redis_client: redis.asyncio.Redis) -> None:

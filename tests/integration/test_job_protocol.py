@@ -12,7 +12,7 @@ import redis.asyncio
 
 from secauto.models import Job, json_encoder, make_event, new_job_id, utc_now
 from secauto.store.connection import open_embedded
-from secauto.store.jobs import JobQueue
+from secauto.store.jobs import JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
 
@@ -103,16 +103,16 @@ async def test_complete_is_fenced_by_attempt_and_node(client: redis.asyncio.Redi
     done = msgspec.structs.replace(claimed, status="completed", completed_at=utc_now(), results=[{"ok": True}])
     event = make_event("job.completed", job_id=claimed.id)
     # Wrong node, then wrong attempt: refused, nothing written.
-    assert not await queue.complete(done, "n2", 60, event)
-    assert not await queue.complete(msgspec.structs.replace(done, attempt=2), "n1", 60, event)
+    assert not await queue.finish(done, "n2", "completed", event)
+    assert not await queue.finish(msgspec.structs.replace(done, attempt=2), "n1", "completed", event)
     assert (await queue.get(claimed.id)).status == "running"  # type: ignore[union-attr]
-    assert await queue.complete(done, "n1", 60, event)
+    assert await queue.finish(done, "n1", "completed", event)
     stored = await queue.get(claimed.id)
     assert stored is not None and stored.status == "completed" and stored.results == [{"ok": True}]
-    assert 0 < await client.ttl(f"secauto:job:{claimed.id}") <= 60
+    assert 0 < await client.ttl(f"secauto:job:{claimed.id}") <= 86400
     assert await queue.running_size() == 0
     # A second completion (duplicate delivery) is refused: the job is no longer running.
-    assert not await queue.complete(done, "n1", 60, event)
+    assert not await queue.finish(done, "n1", "completed", event)
 
 
 async def test_renew_reports_jobs_the_node_lost(client: redis.asyncio.Redis) -> None:
@@ -123,34 +123,139 @@ async def test_renew_reports_jobs_the_node_lost(client: redis.asyncio.Redis) -> 
     assert sorted(lost) == sorted([b.id, "job-missing"])
 
 
-async def test_reap_requeues_expired_leases_only_for_the_leader(client: redis.asyncio.Redis) -> None:
+async def test_recovery_requeues_expired_leases_only_for_the_leader(client: redis.asyncio.Redis) -> None:
     keys = Keys(CLUSTER)
-    queue, registry = JobQueue(client, keys), NodeRegistry(client, keys)
+    queue = JobQueue(client, keys, RetentionPolicy(backoff_base_ms=1, backoff_cap_ms=1, avoid_ms=0, poison_limit=5))
+    registry = NodeRegistry(client, keys)
     short, live = job(max_retries=1), job()
     await submit(queue, short)
     [first] = await queue.claim("dead-node", 1, 50)  # lease of 50 ms
     await submit(queue, live)
     [running] = await queue.claim("live-node", 1, 60_000)
     await asyncio.sleep(0.1)
-    assert await queue.reap("nobody:token", retention_s=60) is None  # not the leader: refused
+    assert await queue.recover(leader_token="nobody:token", mode="expired", cause="lease expired") is None
     assert await registry.hold_leadership("n1:tok", 5000, make_event("leader.changed", node_id="n1")) == 1
     assert await registry.leader() == "n1"
-    assert await queue.reap("n1:tok", retention_s=60) == (1, 0)
+    recovery = await queue.recover(leader_token="n1:tok", mode="expired", cause="lease expired")
+    assert recovery is not None and (recovery.requeued, recovery.failed) == (1, 0)
     requeued = await queue.get(first.id)
     assert requeued is not None
     assert (requeued.status, requeued.retry_count, requeued.assigned_to) == ("pending", 1, None)
+    assert [(a.attempt, a.node, a.outcome) for a in requeued.attempts] == [(1, "dead-node", "node_lost")]
     assert (await queue.get(running.id)).status == "running"  # type: ignore[union-attr]
     # The zombie attempt cannot write after the takeover.
     stale = msgspec.structs.replace(first, status="completed")
-    assert not await queue.complete(stale, "dead-node", 60, make_event("job.completed"))
-    # Second attempt also dies: retries (1) exhausted -> failed and dead-lettered.
+    assert not await queue.finish(stale, "dead-node", "completed", make_event("job.completed"))
+    # Second attempt also dies: retries (1) used up -> failed and dead-lettered.
+    await asyncio.sleep(0.01)
     [second] = await queue.claim("dead-node", 1, 50)
     assert second.attempt == 2
     await asyncio.sleep(0.1)
-    assert await queue.reap("n1:tok", retention_s=60) == (0, 1)
+    recovery = await queue.recover(leader_token="n1:tok", mode="expired", cause="lease expired")
+    assert recovery is not None and (recovery.requeued, recovery.failed) == (0, 1)
     failed = await queue.get(first.id)
-    assert failed is not None and failed.status == "failed" and "retries exhausted" in (failed.error or "")
+    assert failed is not None and failed.status == "failed" and failed.reason == "node_lost"
+    assert len(failed.attempts) == 2
     assert await client.zscore(keys.dlq, first.id) is not None
+
+
+async def test_jobs_of_a_lost_node_are_recovered_without_waiting_for_the_lease(client: redis.asyncio.Redis) -> None:
+    keys = Keys(CLUSTER)
+    queue = JobQueue(client, keys, RetentionPolicy(backoff_base_ms=1, backoff_cap_ms=1, poison_limit=2))
+    await submit(queue, job(), job())
+    a, b = await queue.claim("gone", 1, 600_000) + await queue.claim("alive", 1, 600_000)
+    await client.set(keys.node("alive"), b"{}")
+    # "alive" still has a record, so naming it changes nothing; "gone" has none.
+    recovery = await queue.recover(leader_token="", mode="nodes", cause="node lost", nodes=["gone", "alive"])
+    assert recovery is not None and recovery.requeued == 1
+    assert (await queue.get(a.id)).status == "pending"  # type: ignore[union-attr]
+    assert (await queue.get(b.id)).status == "running"  # type: ignore[union-attr]
+
+
+async def test_poison_job_is_quarantined_after_two_lost_nodes(client: redis.asyncio.Redis) -> None:
+    keys = Keys(CLUSTER)
+    queue = JobQueue(client, keys, RetentionPolicy(backoff_base_ms=1, backoff_cap_ms=1, avoid_ms=0, poison_limit=2))
+    poison = job(max_retries=10)
+    await submit(queue, poison)
+    for node in ("n1", "n2"):
+        await asyncio.sleep(0.01)
+        [claimed] = await queue.claim(node, 1, 600_000)
+        await queue.recover(leader_token="", mode="nodes", cause="node restarted", nodes=[node], check_records=False)
+    stored = await queue.get(poison.id)
+    assert stored is not None and stored.status == "failed" and stored.reason == "poison"
+    assert stored.node_losses == 2 and "quarantined" in (stored.error or "")
+    assert await client.zscore(keys.dlq, poison.id) is not None
+
+
+async def test_retry_goes_to_another_node_first(client: redis.asyncio.Redis) -> None:
+    queue = JobQueue(client, Keys(CLUSTER), RetentionPolicy(avoid_ms=60_000))
+    await submit(queue, job())
+    [claimed] = await queue.claim("n1", 1, 60_000)
+    retry = msgspec.structs.replace(claimed, status="pending", assigned_to=None, retry_count=1)
+    assert await queue.finish(retry, "n1", "retry", make_event("job.retrying"), backoff_ms=0)
+    assert await queue.claim("n1", 1, 60_000) == []  # n1 is avoided while others may take it
+    [again] = await queue.claim("n2", 1, 60_000)
+    assert (again.id, again.attempt, again.retry_count) == (claimed.id, 2, 1)
+
+
+async def test_retry_backoff_parks_the_job_until_due(client: redis.asyncio.Redis) -> None:
+    queue = JobQueue(client, Keys(CLUSTER), RetentionPolicy(avoid_ms=0))
+    await submit(queue, job())
+    [claimed] = await queue.claim("n1", 1, 60_000)
+    retry = msgspec.structs.replace(claimed, status="pending", assigned_to=None, retry_count=1)
+    assert await queue.finish(retry, "n1", "retry", make_event("job.retrying"), backoff_ms=300)
+    assert await queue.queue_size() == 1
+    assert await queue.claim("n2", 1, 60_000) == []
+    await asyncio.sleep(0.35)
+    assert len(await queue.claim("n2", 1, 60_000)) == 1
+
+
+async def test_handback_requeues_at_the_front_without_using_a_retry(client: redis.asyncio.Redis) -> None:
+    queue = JobQueue(client, Keys(CLUSTER))
+    first, second = job(), job()
+    await submit(queue, first)
+    [claimed] = await queue.claim("n1", 1, 60_000)
+    await submit(queue, second)
+    assert await queue.handback("n1", {claimed.id: claimed.attempt, "job-unknown": 1}) == 1
+    [again] = await queue.claim("n2", 1, 60_000)
+    assert again.id == first.id and again.retry_count == 0 and again.attempt == 2
+    assert [a.outcome for a in again.attempts] == ["handed_back"]
+
+
+async def test_cancel_pending_and_running(client: redis.asyncio.Redis) -> None:
+    queue = JobQueue(client, Keys(CLUSTER))
+    pending, running = job(), job()
+    await submit(queue, running)
+    [claimed] = await queue.claim("n1", 1, 60_000)
+    await submit(queue, pending)
+    assert await queue.cancel(pending.id) == "pending"
+    assert await queue.cancel(claimed.id) == "running"
+    assert await queue.cancel(claimed.id) == "cancelled"
+    assert await queue.cancel("job-unknown") is None
+    assert await queue.queue_size() == 0 and await queue.running_size() == 0
+    stored = await queue.get(claimed.id)
+    assert stored is not None and stored.status == "cancelled" and stored.attempts[-1].outcome == "cancelled"
+    done = msgspec.structs.replace(claimed, status="completed")
+    assert not await queue.finish(done, "n1", "completed", make_event("job.completed"))
+
+
+async def test_dead_letter_requeue_and_forget(client: redis.asyncio.Redis) -> None:
+    keys = Keys(CLUSTER)
+    queue = JobQueue(client, keys, RetentionPolicy(dlq_max=2))
+    jobs = [job() for _ in range(3)]
+    await submit(queue, *jobs)
+    for claimed in await queue.claim("n1", 3, 60_000):
+        dead = msgspec.structs.replace(claimed, status="failed", reason="playbook_error")
+        assert await queue.finish(dead, "n1", "dead", make_event("job.failed"))
+    size, records = await queue.dead_letters()
+    assert size == 2 and len(records) == 2  # capped: the oldest entry and its record are gone
+    assert await queue.get(jobs[0].id) is None
+    assert await queue.requeue(jobs[1].id) == "failed"
+    assert await queue.requeue(jobs[1].id) == "pending"
+    assert (await queue.dead_letters())[0] == 1
+    assert await queue.forget(jobs[2].id)
+    assert not await queue.forget(jobs[2].id)
+    assert await queue.get(jobs[2].id) is None
 
 
 async def test_leader_lease_is_exclusive_and_released_only_by_holder(client: redis.asyncio.Redis) -> None:
@@ -168,6 +273,6 @@ async def test_record_header_rejects_foreign_json(client: redis.asyncio.Redis) -
     queue = JobQueue(client, Keys(CLUSTER))
     bad = json_encoder.encode({"status": "pending", "id": "x"})
     with pytest.raises(redis.exceptions.ResponseError):
-        await queue._scripts.submit(keys=[queue.keys.queue, queue.keys.sequence, queue.keys.job("x")],
-                                    args=[queue.keys.channel, "x", bad, b"{}"])
+        await queue._scripts.submit(keys=[queue.keys.queue, queue.keys.sequence, queue.keys.delayed,
+                                          queue.keys.job("x")], args=[queue.keys.channel, "x", bad, b"{}", 0])
     assert await client.get(queue.keys.job("x")) is None

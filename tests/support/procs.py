@@ -338,7 +338,7 @@ class SecautoProcess:
     async def wait_http(
         self,
         url: str | None = None,
-        timeout: float = 30.0,  # noqa: ASYNC109 - a deadline for the whole poll, not one call
+        timeout: float = 30.0,
         path: str = "/health/live",
     ) -> None:
         """Poll GET `url`+`path` until it answers 200; fail fast if the process exits."""

@@ -1,37 +1,43 @@
 -- Claim up to ARGV[2] pending jobs for node ARGV[1], in queue order, in one atomic step: pop, mark
 -- running, assign, start a lease and bump the fencing token (attempt). Never pop-then-write.
--- KEYS[1] queue ZSET, KEYS[2] running ZSET (score = lease deadline ms)
+-- Due delayed jobs are promoted first. A retry that prefers another node (avoid_node) is left for
+-- the others until its avoid_until.
+-- KEYS[1] queue ZSET, KEYS[2] running ZSET (score = lease deadline ms), KEYS[3] delayed ZSET,
+-- KEYS[4] sequence
 -- ARGV[1] node id, ARGV[2] max jobs, ARGV[3] lease ms, ARGV[4] now (RFC 3339), ARGV[5] job key prefix,
 -- ARGV[6] events channel
 -- Returns the claimed job records (JSON strings).
-local queue, running = KEYS[1], KEYS[2]
+local queue, running, delayed, sequence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node, max_jobs, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now_iso, prefix, channel = ARGV[4], ARGV[5], ARGV[6]
 local claimed = {}
 if max_jobs < 1 then return claimed end
-local deadline = now_ms() + lease
-local popped = redis.call('ZPOPMIN', queue, max_jobs)
-for i = 1, #popped, 2 do
-  local id = popped[i]
+local now = now_ms()
+promote_due(delayed, queue, sequence, prefix, now)
+local deadline = now + lease
+local candidates = redis.call('ZRANGE', queue, 0, math.min(max_jobs * 4 + 16, 1000) - 1)
+for _, id in ipairs(candidates) do
+  if #claimed >= max_jobs then break end
   local key = prefix .. id
   local record = redis.call('GET', key)
-  if record then
-    local h, rest = parse_header(record)
-    -- Anything but a pending job in the queue is a leftover (cancelled, expired): dropping it is right.
-    if h and tok_str(h.status) == 'pending' then
-      local attempt = tonumber(h.attempt) + 1
-      h.status = '"running"'
-      h.attempt = string.format('%d', attempt)
-      h.assigned_to = jstr(node)
-      h.started_at = jstr(now_iso)
-      h.completed_at = 'null'
-      h.error = 'null'
-      record = format_header(h, rest)
-      redis.call('SET', key, record)
-      redis.call('ZADD', running, deadline, id)
-      redis.call('PUBLISH', channel, event('job.started', now_iso, id, node, 'running', attempt))
-      claimed[#claimed + 1] = record
-    end
+  local h, rest
+  if record then h, rest = parse_header(record) end
+  if not h or tok_str(h.status) ~= 'pending' then
+    -- A leftover (cancelled, expired or unreadable): it does not belong in the queue.
+    redis.call('ZREM', queue, id)
+  elseif tok_str(h.avoid_node) ~= node or now >= tonumber(h.avoid_until) then
+    redis.call('ZREM', queue, id)
+    local attempt = tonumber(h.attempt) + 1
+    h.status = '"running"'
+    h.attempt = string.format('%d', attempt)
+    h.assigned_to = jstr(node)
+    h.started_at = jstr(now_iso)
+    h.completed_at = 'null'
+    record = format_header(h, rest)
+    redis.call('SET', key, record)
+    redis.call('ZADD', running, deadline, id)
+    redis.call('PUBLISH', channel, event('job.started', now_iso, id, node, 'running', attempt))
+    claimed[#claimed + 1] = record
   end
 end
 return claimed

@@ -5,7 +5,8 @@
 -- record byte for byte: Redis' cjson cannot round-trip user data (empty lists become objects, large
 -- numbers lose digits), so the body is never decoded here.
 local HEADER = {'id', 'status', 'attempt', 'retry_count', 'max_retries', 'priority', 'assigned_to',
-                'started_at', 'completed_at', 'error'}
+                'started_at', 'completed_at', 'error', 'reason', 'node_losses', 'avoid_node', 'avoid_until',
+                'affinity'}
 
 -- Index of the last character of the JSON scalar token starting at pos, or nil.
 local function token_end(s, pos)
@@ -60,17 +61,65 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Append one attempt entry to the record's `attempts` list, which is its last field: the record
+-- always ends with `]}` closing that list.
+local function append_attempt(record, entry)
+  if record:sub(-3) == '[]}' then return record:sub(1, -3) .. entry .. ']}' end
+  return record:sub(1, -3) .. ',' .. entry .. ']}'
+end
+
+local function attempt_entry(attempt, node, started_at, ended_at, outcome, err)
+  local parts = {'{"attempt":' .. string.format('%d', attempt), '"node":' .. jstr(node)}
+  if started_at then parts[#parts + 1] = '"started_at":' .. jstr(started_at) end
+  if ended_at then parts[#parts + 1] = '"ended_at":' .. jstr(ended_at) end
+  parts[#parts + 1] = '"outcome":' .. jstr(outcome)
+  if err then parts[#parts + 1] = '"error":' .. jstr(err) end
+  return table.concat(parts, ',') .. '}'
+end
+
+-- Exponential backoff with jitter for retry number n (1-based): base * 2^(n-1), capped, then a random
+-- 50-100 % of it (the microseconds of the Redis clock are the randomness: scripts have no other).
+local function backoff_ms(n, base, cap)
+  local delay = math.min(cap, base * 2 ^ (n - 1))
+  local micros = tonumber(redis.call('TIME')[2])
+  return math.floor(delay * (0.5 + (micros % 1000) / 2000))
+end
+
+-- Cap a ZSET (oldest first out); returns the members removed.
+local function trim_oldest(key, cap)
+  local excess = redis.call('ZCARD', key) - cap
+  if excess <= 0 then return {} end
+  local removed = redis.call('ZRANGE', key, 0, excess - 1)
+  redis.call('ZREMRANGEBYRANK', key, 0, excess - 1)
+  return removed
+end
+
 -- An event in the shape of secauto.models.Event (type first, so subscribers can route on a prefix).
-local function event(kind, now_iso, job_id, node_id, status, attempt, err)
+local function event(kind, now_iso, job_id, node_id, status, attempt, err, reason)
   local parts = {'{"type":' .. jstr(kind), '"version":1', '"timestamp":' .. jstr(now_iso)}
   if job_id then parts[#parts + 1] = '"job_id":' .. jstr(job_id) end
   if node_id then parts[#parts + 1] = '"node_id":' .. jstr(node_id) end
   if status then parts[#parts + 1] = '"status":' .. jstr(status) end
   if attempt then parts[#parts + 1] = '"attempt":' .. string.format('%d', attempt) end
   if err then parts[#parts + 1] = '"error":' .. jstr(err) end
+  if reason then parts[#parts + 1] = '"reason":' .. jstr(reason) end
   return table.concat(parts, ',') .. '}'
 end
 
 local function queue_score(priority, seq)
   return -priority * 1e12 + seq
+end
+
+-- Move delayed jobs that are due into the queue (they keep their priority; FIFO by due order).
+local function promote_due(delayed, queue, sequence, prefix, now)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', delayed, id)
+    local record = redis.call('GET', prefix .. id)
+    local h = record and parse_header(record)
+    if h and tok_str(h.status) == 'pending' then
+      redis.call('ZADD', queue, queue_score(tonumber(h.priority), redis.call('INCR', sequence)), id)
+    end
+  end
+  return #due
 end

@@ -1,0 +1,27 @@
+-- Cancel a job. Pending: at once. Running: the record says cancelled at once (so every later write of
+-- the running attempt is refused) and job.cancelled names the node, whose executor stops the attempt.
+-- KEYS[1] job key, KEYS[2] queue ZSET, KEYS[3] delayed ZSET, KEYS[4] running ZSET
+-- ARGV[1] job id, ARGV[2] now (RFC 3339), ARGV[3] events channel, ARGV[4] retention s
+-- Returns the status before the call ('' when there is no such job); only pending and running change.
+local key, queue, delayed, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, now_iso, channel = ARGV[1], ARGV[2], ARGV[3]
+local record = redis.call('GET', key)
+if not record then return '' end
+local h, rest = parse_header(record)
+if not h then return redis.error_reply('ERR job record has no valid header') end
+local status = tok_str(h.status)
+if status ~= 'pending' and status ~= 'running' then return status end
+local node = tok_str(h.assigned_to)
+if status == 'running' then
+  rest = append_attempt(rest, attempt_entry(tonumber(h.attempt), node, tok_str(h.started_at), now_iso, 'cancelled',
+                                            nil))
+end
+h.status = '"cancelled"'
+h.reason = '"cancelled"'
+h.completed_at = jstr(now_iso)
+redis.call('SET', key, format_header(h, rest), 'EX', ARGV[4])
+redis.call('ZREM', queue, id)
+redis.call('ZREM', delayed, id)
+redis.call('ZREM', running, id)
+redis.call('PUBLISH', channel, event('job.cancelled', now_iso, id, node, 'cancelled', tonumber(h.attempt)))
+return status

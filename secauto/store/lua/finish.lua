@@ -1,0 +1,49 @@
+-- End an attempt, fenced: only the node holding the current attempt may write. The caller sends the
+-- job's new record and what to do with it:
+--   completed  keep the record for the retention period
+--   retry      back to the queue after a backoff of ARGV[9] ms (delayed set), preferring another node
+--              than this one until ARGV[14] ms after that
+--   dead       failed for good: keep it in the dead-letter set (capped) for the DLQ retention
+-- KEYS[1] job key, KEYS[2] running ZSET, KEYS[3] queue ZSET, KEYS[4] sequence, KEYS[5] delayed ZSET,
+-- KEYS[6] dlq ZSET
+-- ARGV[1] job id, ARGV[2] node id, ARGV[3] attempt (fencing token), ARGV[4] new record JSON,
+-- ARGV[5] outcome, ARGV[6] retention s, ARGV[7] events channel, ARGV[8] event JSON,
+-- ARGV[9] backoff ms (retry), ARGV[10] DLQ cap, ARGV[11] DLQ retention s, ARGV[12] second event JSON or '',
+-- ARGV[13] job key prefix (to delete records trimmed out of the DLQ), ARGV[14] avoid window ms (retry)
+-- Returns 1 when written, 0 when the writer is stale (job re-assigned, cancelled or gone).
+local job_key, running, queue, sequence, delayed, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, outcome = ARGV[1], ARGV[5]
+local current = redis.call('GET', job_key)
+if not current then return 0 end
+local h = parse_header(current)
+if not h or tok_str(h.status) ~= 'running' or tonumber(h.attempt) ~= tonumber(ARGV[3])
+    or tok_str(h.assigned_to) ~= ARGV[2] then
+  return 0
+end
+local new, new_rest = parse_header(ARGV[4])
+if not new then return redis.error_reply('ERR new record has no valid header') end
+local now = now_ms()
+redis.call('ZREM', running, id)
+if outcome == 'completed' then
+  redis.call('SET', job_key, ARGV[4], 'EX', ARGV[6])
+elseif outcome == 'retry' then
+  -- Times come from the Redis clock, the one every claim compares them with.
+  local due = now + tonumber(ARGV[9])
+  new.avoid_node = jstr(ARGV[2])
+  new.avoid_until = string.format('%d', due + tonumber(ARGV[14]))
+  redis.call('SET', job_key, format_header(new, new_rest))
+  if due > now then
+    redis.call('ZADD', delayed, due, id)
+  else
+    redis.call('ZADD', queue, queue_score(tonumber(new.priority), redis.call('INCR', sequence)), id)
+  end
+elseif outcome == 'dead' then
+  redis.call('SET', job_key, ARGV[4], 'EX', ARGV[11])
+  redis.call('ZADD', dlq, now, id)
+  for _, old in ipairs(trim_oldest(dlq, tonumber(ARGV[10]))) do redis.call('DEL', ARGV[13] .. old) end
+else
+  return redis.error_reply('ERR unknown outcome ' .. outcome)
+end
+redis.call('PUBLISH', ARGV[7], ARGV[8])
+if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[12]) end
+return 1
