@@ -9,8 +9,10 @@ node to the executor, which stops that attempt.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import msgspec
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -37,6 +39,10 @@ _WAKE_PREFIXES = (event_prefix("job.submitted"), event_prefix("job.retrying"), e
 _CANCELLED = event_prefix("job.cancelled")
 
 
+class DueWake(msgspec.Struct, frozen=True):
+    """Timer: a delayed job is due."""
+
+
 class DispatcherActor(Actor):
     # Unbounded: every JobsFinished must arrive (slot accounting), and Wake is coalesced anyway.
     mailbox_size = 0
@@ -47,6 +53,7 @@ class DispatcherActor(Actor):
         self.in_flight = 0  # claimed and not yet finished on this node
         self.claiming = True
         self._wake_queued = False
+        self._due_wake: float | None = None  # loop time of the planned wake-up for a delayed job
         self.log = logger.bind(component="dispatcher", node_id=ctx.node_id)
 
     @property
@@ -62,6 +69,9 @@ class DispatcherActor(Actor):
         match message:
             case Wake():
                 self._wake_queued = False
+                await self._claim()
+            case DueWake():
+                self._due_wake = None
                 await self._claim()
             case JobsFinished(count=count):
                 self.in_flight -= count
@@ -83,8 +93,8 @@ class DispatcherActor(Actor):
                 if before in ("pending", "running"):
                     self.log.bind(job_id=job_id).info("Job cancelled (was {})", before)
                 return before
-            case RequeueJob(job_id=job_id):
-                before = await self.ctx.queue.requeue(job_id)
+            case RequeueJob(job_id=job_id, only_dead=only_dead):
+                before = await self.ctx.queue.requeue(job_id, only_dead=only_dead)
                 if before in ("failed", "cancelled"):
                     self.log.bind(job_id=job_id).info("Job requeued (was {})", before)
                 return before
@@ -120,12 +130,24 @@ class DispatcherActor(Actor):
         """Claim while there are free slots and the queue gives jobs; hand them to the executor."""
         while (wanted := self.free_slots) > 0:
             try:
-                jobs = await self.ctx.queue.claim(self.ctx.node_id, wanted, self.ctx.lease_ms)
+                jobs, next_due_ms = await self.ctx.queue.claim_with_next_due(self.ctx.node_id, wanted,
+                                                                              self.ctx.lease_ms)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 self.log.warning("claim failed, will retry on the next wake-up: {}", exc)
                 return
             if jobs:
                 self.in_flight += len(jobs)
                 self.system.get(self.executor_name).tell(RunJobs(jobs))
+            if next_due_ms is not None:
+                self._wake_at(next_due_ms / 1000)
             if len(jobs) < wanted:  # the queue is empty for now
                 return
+
+    def _wake_at(self, delay: float) -> None:
+        """Claim again when the next delayed job (retry backoff, delay) is due, if that is before the
+        wake-up already planned."""
+        loop_time = asyncio.get_running_loop().time()
+        if self._due_wake is not None and self._due_wake <= loop_time + delay:
+            return
+        self._due_wake = loop_time + delay
+        self.start_timer("due", delay + 0.005, DueWake(), repeat=False)

@@ -27,9 +27,11 @@ class CancelJob(msgspec.Struct, frozen=True):
 
 
 class RequeueJob(msgspec.Struct, frozen=True):
-    """Ask: put a failed or cancelled job back in the queue. Answers the previous status or None."""
+    """Ask: put a failed or cancelled job back in the queue. Answers the previous status, None for an
+    unknown job, or ``not_dead`` when ``only_dead`` and the job is not in the DLQ."""
 
     job_id: str
+    only_dead: bool = False
 
 
 class ForgetJob(msgspec.Struct, frozen=True):

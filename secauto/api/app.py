@@ -6,6 +6,7 @@ app fails if one does not, so no route is ever reachable without a decision abou
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -143,10 +144,17 @@ def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
     return ErrorDetail(field=field, message=message, path=path)
 
 
+def route_modules() -> tuple[Any, ...]:
+    """Every module that contributes routes (each has a ROUTES list of (method, path, handler))."""
+    from secauto.api import cluster, dlq, health, playbooks
+
+    return (health, cluster, dlq, playbooks)
+
+
 def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, *,
                cluster_mode: bool) -> web.Application:
     """Build the application. Raises RuntimeError if a route has no declared role."""
-    from secauto.api import cluster, health
+    from secauto.api import playbooks
 
     app = web.Application(middlewares=[error_middleware, auth_middleware],
                           client_max_size=settings.config.server.max_body_bytes)
@@ -154,7 +162,8 @@ def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, 
     app[SYSTEM] = system
     app[CLUSTER_MODE] = cluster_mode
     app[ENGINE] = engine
-    for module in (health, cluster):
+    app[playbooks.SYNC_SLOTS] = asyncio.Semaphore(settings.config.cluster.max_concurrent_jobs)
+    for module in route_modules():
         for method, path, handler in module.ROUTES:
             if declared_role(handler) is None:
                 raise RuntimeError(f"route {method} {path} declares no role")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from aiohttp import web
 
-from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
+from actors.messages import CancelJob, ClusterView, GetClusterView, GetJob, RequeueJob, SubmitJobs
 from secauto.api.app import ENGINE, SETTINGS, SYSTEM, read_json, requires
 from secauto.api.errors import ApiError, ErrorDetail, json_response
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
@@ -51,6 +51,8 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
         if body.playbook_name is not None:
             playbook = load_playbook_file(resolve_named_playbook(body.playbook_name, engine))
         validate_playbook(playbook, engine)
+        if isinstance(playbook, dict):  # a playbook document {"steps": [...], "name": ...}
+            playbook = playbook["steps"]
     except PlaybookInvalid as exc:
         raise ApiError(400, "validation_error", f"invalid playbook: {exc}", _playbook_problems(exc)) from None
     cluster = settings.config.cluster
@@ -119,11 +121,17 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
     return json_response({"success": True, "job_ids": [job.id for job in jobs], "status": "submitted"})
 
 
-@requires("viewer")
-async def get_job(request: web.Request) -> web.StreamResponse:
+def job_id_from(request: web.Request) -> str:
+    """The ``{job_id}`` path part; 404 for anything that cannot be a job id."""
     job_id = request.match_info["job_id"]
     if not _JOB_ID.match(job_id):
         raise ApiError(404, "not_found", f"no job {job_id[:100]!r}")
+    return job_id
+
+
+@requires("viewer")
+async def get_job(request: web.Request) -> web.StreamResponse:
+    job_id = job_id_from(request)
     raw: bytes | None = await request.app[SYSTEM].get("dispatcher").ask(GetJob(job_id), timeout=5.0)
     if raw is None:
         raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, or expired after the retention period)")
@@ -132,9 +140,37 @@ async def get_job(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, content_type="application/json")
 
 
+@requires("operator")
+async def cancel_job(request: web.Request) -> web.StreamResponse:
+    """Cancel a pending job at once, a running one within a second on the node that runs it."""
+    job_id = job_id_from(request)
+    before = await request.app[SYSTEM].get("dispatcher").ask(CancelJob(job_id), timeout=10.0)
+    if before is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    if before not in ("pending", "running"):
+        raise ApiError(409, "conflict", f"job {job_id} is already {before}; only pending or running jobs can be "
+                                        "cancelled")
+    return json_response({"success": True, "job_id": job_id, "status": "cancelled", "previous_status": before})
+
+
+@requires("operator")
+async def retry_job(request: web.Request) -> web.StreamResponse:
+    """Run a failed or cancelled job again, with a fresh retry budget."""
+    job_id = job_id_from(request)
+    before = await request.app[SYSTEM].get("dispatcher").ask(RequeueJob(job_id), timeout=10.0)
+    if before is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    if before not in ("failed", "cancelled"):
+        raise ApiError(409, "conflict", f"job {job_id} is {before}; only failed or cancelled jobs can be retried")
+    return json_response({"success": True, "job_id": job_id, "status": "pending", "previous_status": before})
+
+
 ROUTES = [
     ("GET", "/cluster", get_cluster),
     ("POST", "/cluster/jobs", submit_job),
     ("POST", "/cluster/jobs/batch", submit_batch),
     ("GET", "/cluster/jobs/{job_id}", get_job),
+    ("DELETE", "/cluster/jobs/{job_id}", cancel_job),
+    ("POST", "/cluster/jobs/{job_id}/retry", retry_job),
+    ("POST", "/playbook/async", submit_job),
 ]

@@ -84,13 +84,16 @@ class JobQueue:
 
     async def claim(self, node_id: str, max_jobs: int, lease_ms: int) -> list[Job]:
         """Atomically move up to ``max_jobs`` pending jobs to ``running`` on ``node_id``."""
-        if max_jobs < 1:
-            return []
-        records = await self._scripts.claim(
+        return (await self.claim_with_next_due(node_id, max_jobs, lease_ms))[0]
+
+    async def claim_with_next_due(self, node_id: str, max_jobs: int, lease_ms: int) -> tuple[list[Job], int | None]:
+        """Like :meth:`claim`, also returning the ms until the next delayed job is due (None: none)."""
+        records, next_due = await self._scripts.claim(
             keys=[self.keys.queue, self.keys.running, self.keys.delayed, self.keys.sequence],
-            args=[node_id, max_jobs, lease_ms, utc_now(), self.keys.job_prefix, self.keys.channel],
+            args=[node_id, max(0, max_jobs), lease_ms, utc_now(), self.keys.job_prefix, self.keys.channel],
         )
-        return [job_decoder.decode(record) for record in records]
+        due = int(next_due)
+        return [job_decoder.decode(record) for record in records], (None if due < 0 else due)
 
     async def renew(self, node_id: str, attempts: Mapping[str, int], lease_ms: int) -> list[str]:
         """Extend the leases of all ``attempts`` (job id -> fencing token) in one call.
@@ -159,11 +162,12 @@ class JobQueue:
             args=[job_id, utc_now(), self.keys.channel, self.policy.job_retention_s])
         return _text(before) or None
 
-    async def requeue(self, job_id: str) -> str | None:
-        """Requeue a failed or cancelled job with a fresh retry budget. Returns the previous status."""
+    async def requeue(self, job_id: str, *, only_dead: bool = False) -> str | None:
+        """Requeue a failed or cancelled job with a fresh retry budget. Returns the previous status, None
+        for an unknown job, ``not_dead`` when ``only_dead`` and the job is not in the DLQ."""
         before = await self._scripts.requeue(
             keys=[self.keys.job(job_id), self.keys.queue, self.keys.sequence, self.keys.dlq],
-            args=[job_id, utc_now(), self.keys.channel])
+            args=[job_id, utc_now(), self.keys.channel, "1" if only_dead else "0"])
         return _text(before) or None
 
     async def forget(self, job_id: str) -> bool:

@@ -179,7 +179,7 @@ async def test_poison_job_is_quarantined_after_two_lost_nodes(client: redis.asyn
     await submit(queue, poison)
     for node in ("n1", "n2"):
         await asyncio.sleep(0.01)
-        [claimed] = await queue.claim(node, 1, 600_000)
+        assert len(await queue.claim(node, 1, 600_000)) == 1
         await queue.recover(leader_token="", mode="nodes", cause="node restarted", nodes=[node], check_records=False)
     stored = await queue.get(poison.id)
     assert stored is not None and stored.status == "failed" and stored.reason == "poison"

@@ -37,7 +37,8 @@ def node_settings(node_id: str, *, redis_url: str | None = None, cluster_name: s
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace": 5},
         "cluster": {"enabled": redis_url is not None, "redis_url": redis_url or "localhost:6379",
                     "node_id": node_id, "cluster_name": cluster_name, "heartbeat_interval": 0.5,
-                    "election_timeout": 3, "lease_timeout": 3, "poll_interval": 2},
+                    "election_timeout": 3, "lease_timeout": 3, "poll_interval": 2, "retry_backoff": 0.05,
+                    "retry_avoid": 0},
         "security": {"api_keys": [
             {"name": "admin", "key": ADMIN_KEY, "role": "admin"},
             {"name": "ops", "key": OPERATOR_KEY, "role": "operator"},

@@ -183,10 +183,9 @@ async def test_unknown_route_and_method(http: aiohttp.ClientSession) -> None:
 
 
 def test_every_route_declares_a_role() -> None:
-    from secauto.api import cluster, health
-    from secauto.api.app import declared_role
+    from secauto.api.app import declared_role, route_modules
 
-    for module in (cluster, health):
+    for module in route_modules():
         for method, path, handler in module.ROUTES:
             assert declared_role(handler) in ("public", "viewer", "operator", "admin"), (method, path)
 
@@ -215,3 +214,123 @@ async def test_batch_with_one_bad_job_stores_nothing(http: aiohttp.ClientSession
     async with http.post("/cluster/jobs/batch", json={"jobs": []}, headers=auth()) as response:
         assert response.status == 400
     assert await queue_size(http) == 0
+
+
+async def test_sync_playbook_run(http: aiohttp.ClientSession) -> None:
+    body = {"playbook": [{"action": "set", "variables": {"x": "{{seed}}"}},
+                         {"run": "baseit", "target": "{{x}}"}], "context": {"seed": "10.1.2.3"}}
+    async with http.post("/playbook", json=body, headers=auth(OPERATOR_KEY)) as response:
+        assert response.status == 200
+        answer = await response.json()
+    assert answer["success"] is True and answer["context"]["x"] == "10.1.2.3"
+    assert [step["status"] for step in answer["results"]] == ["completed", "completed"]
+    assert answer["context"]["baseit"]["target"] == "10.1.2.3"
+    failing = {"playbook": [{"action": "fail", "message": "stop here"}]}
+    async with http.post("/playbook", json=failing, headers=auth()) as response:
+        answer = await response.json()
+        assert response.status == 200
+    assert answer["success"] is False and "stop here" in answer["error"]
+    async with http.post("/playbook", json={"playbook": [{"action": "nope"}]}, headers=auth()) as response:
+        assert response.status == 400
+
+
+async def test_validate_endpoint(http: aiohttp.ClientSession) -> None:
+    good = [{"action": "log", "message": "hi"}]
+    for body in (good, {"playbook": good}, {"playbook_name": "triage_ip"}):
+        async with http.post("/validate", json=body, headers=auth(VIEWER_KEY)) as response:
+            assert response.status == 200
+            answer = await response.json()
+        assert answer["valid"] is True, answer
+    bad = [{"action": "log", "message": "ok"}, {"action": "run_script", "script": "../etc/passwd"}]
+    async with http.post("/validate", json=bad, headers=auth()) as response:
+        answer = await response.json()
+    assert answer["valid"] is False and answer["problems"][0]["path"].startswith("$[1]")
+    async with http.post("/validate", json={"playbook_name": "../secrets"}, headers=auth()) as response:
+        answer = await response.json()
+    assert answer["valid"] is False
+
+
+async def test_async_alias_and_named_playbook(http: aiohttp.ClientSession) -> None:
+    body = {"playbook_name": "triage_ip", "context": {"alert": {"source_ip": "203.0.113.7", "severity": "high",
+                                                               "type": "scan"}}}
+    async with http.post("/playbook/async", json=body, headers=auth()) as response:
+        assert response.status == 200, await response.text()
+        job_id = (await response.json())["job_id"]
+    job = await wait_job(http, job_id)
+    assert job["playbook_name"] == "triage_ip" and isinstance(job["playbook"], list)
+    assert job["status"] == "completed", job["error"]
+    async with http.post("/cluster/jobs", json={"playbook_name": "../../etc/passwd"}, headers=auth()) as response:
+        assert response.status == 400
+
+
+async def test_cancel_running_job_stops_it(http: aiohttp.ClientSession, node: Node) -> None:
+    async with http.post("/cluster/jobs", json={"playbook": [{"action": "sleep", "seconds": 30}]},
+                         headers=auth()) as response:
+        job_id = (await response.json())["job_id"]
+    async with asyncio.timeout(5):
+        while True:
+            async with http.get(f"/cluster/jobs/{job_id}", headers=auth()) as response:
+                if (await response.json())["job"]["status"] == "running":
+                    break
+            await asyncio.sleep(0.02)
+    async with http.delete(f"/cluster/jobs/{job_id}", headers=auth(VIEWER_KEY)) as response:
+        assert response.status == 403
+    async with http.delete(f"/cluster/jobs/{job_id}", headers=auth(OPERATOR_KEY)) as response:
+        assert response.status == 200
+        answer = await response.json()
+    assert answer["status"] == "cancelled" and answer["previous_status"] == "running"
+    job = await wait_job(http, job_id)
+    assert job["status"] == "cancelled" and job["attempts"][-1]["outcome"] == "cancelled"
+    from actors.messages import ExecutorStats, GetStats
+
+    async with asyncio.timeout(1):  # the attempt itself is stopped on the node within a second
+        while True:
+            stats: ExecutorStats = await node.system.get("executor").ask(GetStats())
+            if stats.running == 0:
+                break
+            await asyncio.sleep(0.02)
+    async with http.delete(f"/cluster/jobs/{job_id}", headers=auth()) as response:
+        assert response.status == 409
+        assert_error(await response.json(), "conflict")
+    async with http.delete("/cluster/jobs/job-unknown", headers=auth()) as response:
+        assert response.status == 404
+
+
+async def test_failed_job_is_retried_then_dead_lettered_then_managed(http: aiohttp.ClientSession) -> None:
+    body = {"playbook": [{"action": "fail", "message": "boom"}], "max_retries": 1}
+    async with http.post("/cluster/jobs", json=body, headers=auth()) as response:
+        job_id = (await response.json())["job_id"]
+    job = await wait_job(http, job_id)
+    assert job["status"] == "failed" and job["reason"] == "playbook_error" and job["retry_count"] == 1
+    assert [attempt["outcome"] for attempt in job["attempts"]] == ["failed", "failed"]
+    async with http.get("/cluster/dlq", headers=auth(VIEWER_KEY)) as response:
+        dlq = (await response.json())["dlq"]
+    assert dlq["size"] == 1 and dlq["jobs"][0]["id"] == job_id
+    async with http.get("/cluster/dlq?limit=0", headers=auth()) as response:
+        assert response.status == 400
+    async with http.post(f"/cluster/jobs/{job_id}/retry", headers=auth(OPERATOR_KEY)) as response:
+        assert response.status == 200
+        assert (await response.json())["previous_status"] == "failed"
+    job = await wait_job(http, job_id)
+    assert job["status"] == "failed" and len(job["attempts"]) == 4
+    async with http.post(f"/cluster/dlq/{job_id}/requeue", headers=auth(OPERATOR_KEY)) as response:
+        assert response.status == 200
+    await wait_job(http, job_id)
+    async with http.delete(f"/cluster/dlq/{job_id}", headers=auth(OPERATOR_KEY)) as response:
+        assert response.status == 403
+    async with http.delete(f"/cluster/dlq/{job_id}", headers=auth(ADMIN_KEY)) as response:
+        assert response.status == 200
+    async with http.get(f"/cluster/jobs/{job_id}", headers=auth()) as response:
+        assert response.status == 404
+    async with http.delete(f"/cluster/dlq/{job_id}", headers=auth(ADMIN_KEY)) as response:
+        assert response.status == 404
+    async with http.post("/cluster/dlq/job-unknown/requeue", headers=auth()) as response:
+        assert response.status == 404
+
+
+async def test_job_timeout_is_a_failed_attempt(http: aiohttp.ClientSession) -> None:
+    body = {"playbook": [{"action": "sleep", "seconds": 5}], "timeout": 0.2, "max_retries": 0}
+    async with http.post("/cluster/jobs", json=body, headers=auth()) as response:
+        job_id = (await response.json())["job_id"]
+    job = await wait_job(http, job_id)
+    assert job["status"] == "failed" and job["reason"] == "timeout" and "timed out" in job["error"]

@@ -6,13 +6,18 @@
 -- KEYS[4] sequence
 -- ARGV[1] node id, ARGV[2] max jobs, ARGV[3] lease ms, ARGV[4] now (RFC 3339), ARGV[5] job key prefix,
 -- ARGV[6] events channel
--- Returns the claimed job records (JSON strings).
+-- Returns {claimed job records (JSON strings), ms until the next delayed job is due (-1: none)}.
 local queue, running, delayed, sequence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node, max_jobs, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now_iso, prefix, channel = ARGV[4], ARGV[5], ARGV[6]
 local claimed = {}
-if max_jobs < 1 then return claimed end
 local now = now_ms()
+local function next_due()
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  if #first == 0 then return -1 end
+  return math.max(0, tonumber(first[2]) - now)
+end
+if max_jobs < 1 then return {claimed, next_due()} end
 promote_due(delayed, queue, sequence, prefix, now)
 local deadline = now + lease
 local candidates = redis.call('ZRANGE', queue, 0, math.min(max_jobs * 4 + 16, 1000) - 1)
@@ -40,4 +45,4 @@ for _, id in ipairs(candidates) do
     claimed[#claimed + 1] = record
   end
 end
-return claimed
+return {claimed, next_due()}
