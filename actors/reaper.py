@@ -6,7 +6,10 @@ recovery pass is a Lua script that first checks the caller still holds the lease
 changes nothing.
 
 Recovery is driven by liveness, never by run time: a job is taken back when its lease expired (its
-node stopped renewing) or when its node's record is gone (3 missed heartbeats). The time from the lost
+node stopped renewing) or when its node's record is gone (3 missed heartbeats). After this node lost
+Redis, nothing is reaped for one lease period (or heartbeat interval, if longer) once Redis answers again:
+every node's renewals and heartbeats failed during the outage too, and they must get the chance to
+renew before anything counts as lost (otherwise a Redis blip would requeue every running job). The time from the lost
 node's last sign of life to the takeover is logged and kept in :class:`RecoveryStats`.
 """
 
@@ -35,6 +38,7 @@ class ReaperActor(Actor):
         self.token = f"{ctx.node_id}:{secrets.token_hex(8)}"
         self.is_leader = False
         self.stats = RecoveryStats()
+        self._last_redis_error = 0.0  # monotonic time of this node's last failed Redis call
         self.log = logger.bind(component="reaper", node_id=ctx.node_id)
 
     @property
@@ -79,6 +83,7 @@ class ReaperActor(Actor):
         try:
             outcome = await self.ctx.registry.hold_leadership(self.token, lease_ms, event)
         except _REDIS_ERRORS as exc:
+            self._last_redis_error = time.monotonic()
             self.log.warning("leader election failed: {}", exc)
             return
         was_leader, self.is_leader = self.is_leader, outcome > 0
@@ -89,6 +94,10 @@ class ReaperActor(Actor):
             self.log.warning("lost cluster leadership")
 
     async def _reap(self) -> None:
+        cluster = self.ctx.settings.config.cluster
+        grace = max(cluster.lease_timeout, cluster.heartbeat_interval)
+        if time.monotonic() - self._last_redis_error < grace:
+            return None  # just reconnected: let the nodes renew and heartbeat first
         try:
             expired = await self.ctx.queue.recover(leader_token=self.token, mode="expired", cause="lease expired")
             if expired is None:
@@ -105,6 +114,7 @@ class ReaperActor(Actor):
                 await self.ctx.registry.forget(lost_nodes)
                 self.log.warning("node(s) lost: {}", ", ".join(sorted(lost_nodes)))
         except _REDIS_ERRORS as exc:
+            self._last_redis_error = time.monotonic()
             self.log.warning("reap failed: {}", exc)
         return None
 
