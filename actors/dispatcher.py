@@ -76,12 +76,13 @@ class DispatcherActor(Actor):
             case JobsFinished(count=count):
                 self.in_flight -= count
                 await self._claim()
-            case SubmitJobs(jobs=jobs):
+            case SubmitJobs(jobs=jobs, delays_ms=delays_ms):
                 events = [make_event("job.submitted", job_id=job.id, node_id=self.ctx.node_id, status="pending",
                                      priority=job.priority) for job in jobs]
                 cluster = self.ctx.settings.config.cluster
                 stored = await self.ctx.queue.submit(
-                    jobs, events, durable_replicas=cluster.durable_replicas if cluster.durable_submit else 0,
+                    jobs, events, delays_ms=delays_ms,
+                    durable_replicas=cluster.durable_replicas if cluster.durable_submit else 0,
                     durable_timeout_ms=int(cluster.durable_timeout * 1000))
                 for job in jobs:
                     self.log.bind(job_id=job.id).info("Job submitted to distributed queue")
@@ -130,22 +131,22 @@ class DispatcherActor(Actor):
         """Claim while there are free slots and the queue gives jobs; hand them to the executor."""
         while (wanted := self.free_slots) > 0:
             try:
-                jobs, next_due_ms = await self.ctx.queue.claim_with_next_due(self.ctx.node_id, wanted,
-                                                                              self.ctx.lease_ms)
+                jobs, recheck_ms = await self.ctx.queue.claim_with_recheck(
+                    self.ctx.node_id, wanted, self.ctx.lease_ms, capacity=self.ctx.capacity, running=self.in_flight)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 self.log.warning("claim failed, will retry on the next wake-up: {}", exc)
                 return
             if jobs:
                 self.in_flight += len(jobs)
                 self.system.get(self.executor_name).tell(RunJobs(jobs))
-            if next_due_ms is not None:
-                self._wake_at(next_due_ms / 1000)
+            if recheck_ms is not None:
+                self._wake_at(recheck_ms / 1000)
             if len(jobs) < wanted:  # the queue is empty for now
                 return
 
     def _wake_at(self, delay: float) -> None:
-        """Claim again when the next delayed job (retry backoff, delay) is due, if that is before the
-        wake-up already planned."""
+        """Claim again when a skipped job may be taken after all (it waited long enough for its
+        preferred node) or a delayed one is due, unless a wake-up is planned before that."""
         loop_time = asyncio.get_running_loop().time()
         if self._due_wake is not None and self._due_wake <= loop_time + delay:
             return

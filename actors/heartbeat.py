@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor
-from actors.messages import Beat, CheckHealth, ExecutorStats, GetStats, HealthReport
+from actors.messages import Beat, CheckHealth, ExecutorStats, GetStats, HealthReport, SetStatus
 from secauto import __version__
 from secauto.models import NodeInfo, format_timestamp, make_event
 
@@ -51,6 +51,9 @@ class HeartbeatActor(Actor):
     async def receive(self, message: Any) -> Any:
         match message:
             case Beat():
+                await self._beat()
+            case SetStatus(status=status):
+                self.status = status
                 await self._beat()
             case CheckHealth():
                 return await self._check_health()

@@ -9,9 +9,10 @@ from secauto.models import Job, NodeInfo
 
 # --- Dispatcher ---------------------------------------------------------------------------------
 class SubmitJobs(msgspec.Struct, frozen=True):
-    """Ask: store and queue jobs. Answers the number stored."""
+    """Ask: store and queue jobs (each after its delay, in ms). Answers the number stored."""
 
     jobs: list[Job]
+    delays_ms: list[int] | None = None
 
 
 class GetJob(msgspec.Struct, frozen=True):
@@ -105,6 +106,12 @@ class DrainReport(msgspec.Struct, frozen=True):
 # --- Heartbeat ----------------------------------------------------------------------------------
 class Beat(msgspec.Struct, frozen=True):
     """Timer: publish the node record."""
+
+
+class SetStatus(msgspec.Struct, frozen=True):
+    """Ask: change the status in the node record (``draining`` at shutdown) and publish it now."""
+
+    status: str
 
 
 class CheckHealth(msgspec.Struct, frozen=True):

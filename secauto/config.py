@@ -67,6 +67,13 @@ class ClusterConfig(_Section):
     poll_interval: Seconds = 5.0
     # Finished jobs are kept this long (the document: 24 h).
     job_retention: Seconds = 86400.0
+    # Placement: how long a job waits for its preferred node (least loaded, round-robin target) before
+    # any node with a free slot takes it, and the same for a job with an affinity key.
+    dispatch_wait: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    affinity_wait: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    # Cluster-wide caps of running jobs per tag, e.g. {scan: 2}.
+    tag_limits: dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")],
+                     Annotated[int, msgspec.Meta(ge=1)]] = {}
     # Retries: exponential backoff with jitter, retry_backoff * 2^(n-1) capped at retry_backoff_max.
     retry_backoff: Seconds = 1.0
     retry_backoff_max: Seconds = 300.0

@@ -69,11 +69,15 @@ class Job(msgspec.Struct, kw_only=True):
     avoid_node: str | None = None  # a retry prefers another node than this one ...
     avoid_until: int = 0  # ... until this time (ms since the epoch, Redis clock)
     affinity: str | None = None
+    target: str | None = None  # round robin: the node picked at submission
+    enqueued_at: int = 0  # when it last became claimable (ms since the epoch, Redis clock)
+    tag_list: str | None = None  # the tags, comma-separated, for the Lua scripts' tag limits
     # --- body: written by Python, except `attempts`, to which Lua appends (it must stay last) ---
     submitted_at: str
     submitted_to: str  # the node whose API accepted the job
     tags: list[str] = []
     timeout: float | None = None
+    run_at: str | None = None  # RFC 3339: not started before this time (from run_at, for display)
     playbook_name: str | None = None
     playbook: list[Any] = []
     context: dict[str, Any] = {}

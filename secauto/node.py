@@ -25,14 +25,14 @@ from actors.discovery import DiscoveryActor
 from actors.dispatcher import DispatcherActor
 from actors.executor import ExecutorActor
 from actors.heartbeat import HeartbeatActor
-from actors.messages import Drain, DrainReport, StopClaiming
+from actors.messages import Drain, DrainReport, SetStatus, StopClaiming
 from actors.reaper import ReaperActor
 from secauto.api.app import create_app
 from secauto.config import Settings
 from secauto.engine import EngineSettings
 from secauto.models import utc_now
 from secauto.store.connection import open_embedded, open_redis
-from secauto.store.jobs import JobQueue, RetentionPolicy
+from secauto.store.jobs import DispatchPolicy, JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
 
@@ -51,6 +51,12 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
                            backoff_base_ms=int(cluster.retry_backoff * 1000),
                            backoff_cap_ms=int(cluster.retry_backoff_max * 1000),
                            avoid_ms=int(cluster.retry_avoid * 1000), poison_limit=cluster.poison_limit)
+
+
+def dispatch_policy(settings: Settings) -> DispatchPolicy:
+    cluster = settings.config.cluster
+    return DispatchPolicy(placement=cluster.load_balancing, dispatch_wait_ms=int(cluster.dispatch_wait * 1000),
+                          affinity_wait_ms=int(cluster.affinity_wait * 1000), tag_limits=dict(cluster.tag_limits))
 
 
 def _advertised_host(bind_host: str) -> str:
@@ -104,7 +110,7 @@ class Node:
         self.port = self._socket.getsockname()[1]
         keys = Keys(cluster_name)
         engine = engine_settings(settings)
-        queue = JobQueue(self.redis, keys, retention_policy(settings))
+        queue = JobQueue(self.redis, keys, retention_policy(settings), dispatch_policy(settings))
         ctx = NodeContext(settings=settings, node_id=settings.node_id, host=_advertised_host(server.host),
                           port=self.port, started_at=utc_now(), queue=queue, registry=NodeRegistry(self.redis, keys),
                           engine=engine)
@@ -121,10 +127,12 @@ class Node:
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop; ``grace`` (default ``server.shutdown_grace``) bounds the wait for running jobs."""
         grace = self.settings.config.server.shutdown_grace if grace is None else grace
-        dispatcher, executor = self._actor("dispatcher"), self._actor("executor")
+        dispatcher, executor, heartbeat = self._actor("dispatcher"), self._actor("executor"), self._actor("heartbeat")
         if dispatcher is not None and executor is not None:
             try:
                 await dispatcher.ask(StopClaiming(), timeout=5.0)
+                if heartbeat is not None:  # placement stops counting on this node's slots
+                    await heartbeat.ask(SetStatus("draining"), timeout=5.0)
                 report: DrainReport = await executor.ask(Drain(grace), timeout=grace + 10.0)
                 if report.handed_back:
                     self.log.warning("{} unfinished job(s) handed back to the queue", report.handed_back)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import re
+import time
 from typing import Annotated, Any
 
 import msgspec
@@ -30,6 +32,17 @@ class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     affinity: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    delay: Annotated[float, msgspec.Meta(ge=0, le=366 * 86400)] | None = None
+    run_at: datetime.datetime | None = None
+
+    def delay_ms(self) -> int:
+        """How long to hold the job back: ``delay`` seconds, or until ``run_at`` (0: run now)."""
+        if self.run_at is not None:
+            if self.run_at.tzinfo is None:
+                raise ApiError(400, "validation_error", "run_at needs a time zone (e.g. ...Z)",
+                               [ErrorDetail(field="run_at", message="needs a time zone", path="$.run_at")])
+            return max(0, int((self.run_at.timestamp() - time.time()) * 1000))
+        return int((self.delay or 0) * 1000)
 
 
 def _playbook_problems(exc: PlaybookInvalid) -> list[ErrorDetail]:
@@ -46,6 +59,9 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
     if (body.playbook is None) == (body.playbook_name is None):
         raise ApiError(400, "validation_error", "give exactly one of playbook or playbook_name",
                        [ErrorDetail(field="playbook", message="give exactly one of playbook or playbook_name")])
+    if body.delay is not None and body.run_at is not None:
+        raise ApiError(400, "validation_error", "give at most one of delay or run_at",
+                       [ErrorDetail(field="run_at", message="give at most one of delay or run_at")])
     playbook: Any = body.playbook
     try:
         if body.playbook_name is not None:
@@ -63,7 +79,10 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
         submitted_at=utc_now(),
         submitted_to=settings.node_id,
         tags=list(body.tags),
+        tag_list=",".join(body.tags) or None,
         affinity=body.affinity,
+        run_at=body.run_at.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if body.run_at is not None else None,
         timeout=body.timeout,
         playbook_name=body.playbook_name,
         playbook=playbook,
@@ -95,7 +114,7 @@ async def get_cluster(request: web.Request) -> web.StreamResponse:
 async def submit_job(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, JobSubmission)
     job = build_job(body, request)
-    await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs([job]), timeout=10.0)
+    await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs([job], [body.delay_ms()]), timeout=10.0)
     return json_response({"success": True, "job_id": job.id, "status": "submitted"})
 
 
@@ -109,15 +128,16 @@ class BatchSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 async def submit_batch(request: web.Request) -> web.StreamResponse:
     """All or nothing: if any job is invalid, none is stored and the details name ``jobs[i]``."""
     body = await read_json(request, BatchSubmission)
-    jobs = []
+    jobs, delays = [], []
     for index, item in enumerate(body.jobs):
         try:
             jobs.append(build_job(item, request))
+            delays.append(item.delay_ms())
         except ApiError as exc:
             for detail in exc.details:
                 detail.field = f"jobs[{index}].{detail.field}"
             raise ApiError(exc.status, exc.code, f"jobs[{index}]: {exc.message}", exc.details) from None
-    await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs(jobs), timeout=30.0)
+    await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs(jobs, delays), timeout=30.0)
     return json_response({"success": True, "job_ids": [job.id for job in jobs], "status": "submitted"})
 
 

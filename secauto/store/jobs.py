@@ -31,6 +31,15 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     poison_limit: int = 2
 
 
+class DispatchPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How claims place jobs (from the cluster config); see ``claim.lua``."""
+
+    placement: Literal["least_loaded", "round_robin"] = "least_loaded"
+    dispatch_wait_ms: int = 250  # how long a job waits for its preferred node before any node takes it
+    affinity_wait_ms: int = 5000  # the same for a job with an affinity key
+    tag_limits: dict[str, int] = {}  # cluster-wide cap of running jobs per tag
+
+
 class Recovery(msgspec.Struct, frozen=True):
     """What one recovery pass did; ``oldest_deadline_ms`` is the earliest lost lease (0 if none)."""
 
@@ -51,27 +60,31 @@ class DurabilityError(Exception):
 class JobQueue:
     """The cluster's job queue and job records in Redis (or the embedded store)."""
 
-    def __init__(self, redis: Redis, keys: Keys, policy: RetentionPolicy | None = None) -> None:
+    def __init__(self, redis: Redis, keys: Keys, policy: RetentionPolicy | None = None,
+                 dispatch: DispatchPolicy | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.policy = policy or RetentionPolicy()
+        self.dispatch = dispatch or DispatchPolicy()
+        self._tag_args = [item for tag, limit in self.dispatch.tag_limits.items() for item in (tag, limit)]
         self._scripts = Scripts(redis)
 
-    async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, due_ms: Sequence[int] | None = None,
+    async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, delays_ms: Sequence[int] | None = None,
                      durable_replicas: int = 0, durable_timeout_ms: int = 0) -> int:
         """Store, queue and announce ``jobs`` in one script call. Returns how many were new.
 
-        ``due_ms`` (epoch ms, 0 = now) parks a job in the delayed set until then. With
+        ``delays_ms`` (0 = now) parks a job in the delayed set for that long (Redis clock). With
         ``durable_replicas``, the call also waits (Redis WAIT, same connection) until that many replicas
         acknowledged the write, and raises :class:`DurabilityError` if they did not in time.
         """
         if not jobs:
             return 0
-        dues = due_ms or [0] * len(jobs)
-        keys = [self.keys.queue, self.keys.sequence, self.keys.delayed, *(self.keys.job(job.id) for job in jobs)]
-        args: list[Any] = [self.keys.channel]
-        for job, event, due in zip(jobs, events, dues, strict=True):
-            args += [job.id, json_encoder.encode(job), json_encoder.encode(event), due]
+        delays = delays_ms or [0] * len(jobs)
+        keys = [self.keys.queue, self.keys.sequence, self.keys.delayed, self.keys.capacity, self.keys.round_robin,
+                *(self.keys.job(job.id) for job in jobs)]
+        args: list[Any] = [self.keys.channel, self.keys.node_prefix, self.dispatch.placement]
+        for job, event, delay in zip(jobs, events, delays, strict=True):
+            args += [job.id, json_encoder.encode(job), json_encoder.encode(event), max(0, delay)]
         if not durable_replicas:
             return int(await self._scripts.submit(keys=keys, args=args))
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -82,18 +95,29 @@ class JobQueue:
             raise DurabilityError(f"only {acked} of {durable_replicas} replica(s) acknowledged in time")
         return int(stored)
 
-    async def claim(self, node_id: str, max_jobs: int, lease_ms: int) -> list[Job]:
+    async def claim(self, node_id: str, max_jobs: int, lease_ms: int, *, capacity: int | None = None,
+                    running: int = 0) -> list[Job]:
         """Atomically move up to ``max_jobs`` pending jobs to ``running`` on ``node_id``."""
-        return (await self.claim_with_next_due(node_id, max_jobs, lease_ms))[0]
+        return (await self.claim_with_recheck(node_id, max_jobs, lease_ms, capacity=capacity, running=running))[0]
 
-    async def claim_with_next_due(self, node_id: str, max_jobs: int, lease_ms: int) -> tuple[list[Job], int | None]:
-        """Like :meth:`claim`, also returning the ms until the next delayed job is due (None: none)."""
-        records, next_due = await self._scripts.claim(
-            keys=[self.keys.queue, self.keys.running, self.keys.delayed, self.keys.sequence],
-            args=[node_id, max(0, max_jobs), lease_ms, utc_now(), self.keys.job_prefix, self.keys.channel],
+    async def claim_with_recheck(self, node_id: str, max_jobs: int, lease_ms: int, *, capacity: int | None = None,
+                                 running: int = 0) -> tuple[list[Job], int | None]:
+        """Claim as placement allows (see ``claim.lua``): the jobs, and the ms after which skipped or
+        delayed jobs should be looked at again (None: nothing to wait for).
+
+        ``capacity`` and ``running`` are the claiming node's slots and running jobs (default: it has
+        exactly ``max_jobs`` slots free).
+        """
+        slots = capacity if capacity is not None else running + max(0, max_jobs)
+        records, recheck = await self._scripts.claim(
+            keys=[self.keys.queue, self.keys.running, self.keys.delayed, self.keys.sequence, self.keys.load,
+                  self.keys.capacity, self.keys.tag_running],
+            args=[node_id, max(0, max_jobs), lease_ms, utc_now(), self.keys.job_prefix, self.keys.channel,
+                  self.keys.node_prefix, self.dispatch.dispatch_wait_ms, self.dispatch.affinity_wait_ms, slots,
+                  running, *self._tag_args],
         )
-        due = int(next_due)
-        return [job_decoder.decode(record) for record in records], (None if due < 0 else due)
+        wait = int(recheck)
+        return [job_decoder.decode(record) for record in records], (None if wait < 0 else wait)
 
     async def renew(self, node_id: str, attempts: Mapping[str, int], lease_ms: int) -> list[str]:
         """Extend the leases of all ``attempts`` (job id -> fencing token) in one call.
@@ -119,7 +143,7 @@ class JobQueue:
         policy = self.policy
         written = await self._scripts.finish(
             keys=[self.keys.job(job.id), self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed,
-                  self.keys.dlq],
+                  self.keys.dlq, self.keys.load, self.keys.tag_running],
             args=[job.id, node_id, job.attempt, json_encoder.encode(job), outcome, policy.job_retention_s,
                   self.keys.channel, json_encoder.encode(event), backoff_ms, policy.dlq_max, policy.dlq_retention_s,
                   json_encoder.encode(extra_event) if extra_event is not None else "", self.keys.job_prefix,
@@ -137,7 +161,7 @@ class JobQueue:
         policy = self.policy
         result = await self._scripts.reap(
             keys=[self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed, self.keys.dlq,
-                  self.keys.leader],
+                  self.keys.leader, self.keys.load, self.keys.tag_running],
             args=[leader_token, self.keys.job_prefix, self.keys.channel, utc_now(), limit, policy.dlq_retention_s,
                   policy.dlq_max, policy.backoff_base_ms, policy.backoff_cap_ms, mode, policy.poison_limit,
                   policy.avoid_ms, cause, self.keys.node_prefix if check_records else "", "", *nodes],
@@ -153,12 +177,14 @@ class JobQueue:
         args: list[Any] = [node_id, self.keys.job_prefix, self.keys.channel, utc_now()]
         for job_id, attempt in attempts.items():
             args += [job_id, attempt]
-        return int(await self._scripts.handback(keys=[self.keys.running, self.keys.queue], args=args))
+        return int(await self._scripts.handback(
+            keys=[self.keys.running, self.keys.queue, self.keys.load, self.keys.tag_running], args=args))
 
     async def cancel(self, job_id: str) -> str | None:
         """Cancel a pending or running job. Returns its status before the call, or None if unknown."""
         before = await self._scripts.cancel(
-            keys=[self.keys.job(job_id), self.keys.queue, self.keys.delayed, self.keys.running],
+            keys=[self.keys.job(job_id), self.keys.queue, self.keys.delayed, self.keys.running, self.keys.load,
+                  self.keys.tag_running],
             args=[job_id, utc_now(), self.keys.channel, self.policy.job_retention_s])
         return _text(before) or None
 

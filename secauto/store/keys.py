@@ -15,8 +15,8 @@ class Keys:
     """Key names for one cluster. Lua scripts receive these as KEYS/ARGV; none are built in Lua
     except ``job:<id>`` from :attr:`job_prefix` (the scripts touch jobs they pop from a ZSET)."""
 
-    __slots__ = ("channel", "cluster", "delayed", "dlq", "job_prefix", "leader", "node_index", "node_prefix", "queue",
-                 "running", "sequence")
+    __slots__ = ("capacity", "channel", "cluster", "delayed", "dlq", "job_prefix", "leader", "load", "node_index",
+                 "node_prefix", "queue", "round_robin", "running", "sequence", "tag_running")
 
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
@@ -37,6 +37,14 @@ class Keys:
         # ZSET of pending job ids not due yet (retry backoff, delay/run_at), score = due time in ms.
         # Bounded by the number of pending jobs.
         self.delayed = f"{PREFIX}:delayed:{cluster}"
+        # HASH node id -> running jobs, and node id -> slots: what placement compares. One field per
+        # active node; a node's fields are removed when it leaves or is lost.
+        self.load = f"{PREFIX}:load:{cluster}"
+        self.capacity = f"{PREFIX}:capacity:{cluster}"
+        # HASH tag -> running jobs with that tag, cluster-wide (cluster.tag_limits). Fields at 0 removed.
+        self.tag_running = f"{PREFIX}:tag-running:{cluster}"
+        # STRING counter: round-robin position. One integer.
+        self.round_robin = f"{PREFIX}:rr:{cluster}"
         # STRING counter giving FIFO order inside a priority. One integer.
         self.sequence = f"{PREFIX}:seq:{cluster}"
         # STRING leader lease "<node_id>:<token>", PX election_timeout.

@@ -28,16 +28,24 @@ class NodeRegistry:
         self._scripts = Scripts(redis)
 
     async def write(self, info: NodeInfo, ttl_ms: int) -> None:
-        """Write the record (TTL ``ttl_ms``) and index it, in one round-trip."""
+        """Write the record (TTL ``ttl_ms``) and index it, in one round-trip. An active node offers its
+        slots to placement; a draining one withdraws them."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.node(info.id), json_encoder.encode(info), px=ttl_ms)
             pipe.zadd(self.keys.node_index, {info.id: int(time.time() * 1000)})
+            if info.status == "active":
+                pipe.hset(self.keys.capacity, info.id, info.capacity)
+            else:
+                pipe.hdel(self.keys.capacity, info.id)
             await pipe.execute()
 
     async def remove(self, node_id: str) -> None:
+        """A node leaves: its record, index entry and placement fields go at once."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.node(node_id))
             pipe.zrem(self.keys.node_index, node_id)
+            pipe.hdel(self.keys.capacity, node_id)
+            pipe.hdel(self.keys.load, node_id)
             await pipe.execute()
 
     async def scan(self) -> tuple[list[NodeInfo], dict[str, int]]:
@@ -66,9 +74,14 @@ class NodeRegistry:
         return nodes
 
     async def forget(self, node_ids: list[str] | dict[str, int]) -> None:
-        """Drop lost nodes from the index (their records already expired)."""
+        """Drop lost nodes from the index and placement (their records already expired)."""
         if node_ids:
-            await self.redis.zrem(self.keys.node_index, *list(node_ids))
+            names = list(node_ids)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.node_index, *names)
+                pipe.hdel(self.keys.capacity, *names)
+                pipe.hdel(self.keys.load, *names)
+                await pipe.execute()
 
     async def publish(self, event: Event) -> None:
         await self.redis.publish(self.keys.channel, json_encoder.encode(event))

@@ -273,6 +273,8 @@ async def test_record_header_rejects_foreign_json(client: redis.asyncio.Redis) -
     queue = JobQueue(client, Keys(CLUSTER))
     bad = json_encoder.encode({"status": "pending", "id": "x"})
     with pytest.raises(redis.exceptions.ResponseError):
-        await queue._scripts.submit(keys=[queue.keys.queue, queue.keys.sequence, queue.keys.delayed,
-                                          queue.keys.job("x")], args=[queue.keys.channel, "x", bad, b"{}", 0])
+        keys = queue.keys
+        await queue._scripts.submit(
+            keys=[keys.queue, keys.sequence, keys.delayed, keys.capacity, keys.round_robin, keys.job("x")],
+            args=[keys.channel, keys.node_prefix, "least_loaded", "x", bad, b"{}", 0])
     assert await client.get(queue.keys.job("x")) is None

@@ -1,6 +1,7 @@
 -- Cancel a job. Pending: at once. Running: the record says cancelled at once (so every later write of
 -- the running attempt is refused) and job.cancelled names the node, whose executor stops the attempt.
--- KEYS[1] job key, KEYS[2] queue ZSET, KEYS[3] delayed ZSET, KEYS[4] running ZSET
+-- KEYS[1] job key, KEYS[2] queue ZSET, KEYS[3] delayed ZSET, KEYS[4] running ZSET, KEYS[5] load HASH,
+-- KEYS[6] tag HASH
 -- ARGV[1] job id, ARGV[2] now (RFC 3339), ARGV[3] events channel, ARGV[4] retention s
 -- Returns the status before the call ('' when there is no such job); only pending and running change.
 local key, queue, delayed, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -13,6 +14,7 @@ local status = tok_str(h.status)
 if status ~= 'pending' and status ~= 'running' then return status end
 local node = tok_str(h.assigned_to)
 if status == 'running' then
+  release_slot(h, KEYS[5], KEYS[6])
   rest = append_attempt(rest, attempt_entry(tonumber(h.attempt), node, tok_str(h.started_at), now_iso, 'cancelled',
                                             nil))
 end

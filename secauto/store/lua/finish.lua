@@ -5,7 +5,7 @@
 --              than this one until ARGV[14] ms after that
 --   dead       failed for good: keep it in the dead-letter set (capped) for the DLQ retention
 -- KEYS[1] job key, KEYS[2] running ZSET, KEYS[3] queue ZSET, KEYS[4] sequence, KEYS[5] delayed ZSET,
--- KEYS[6] dlq ZSET
+-- KEYS[6] dlq ZSET, KEYS[7] load HASH, KEYS[8] tag HASH
 -- ARGV[1] job id, ARGV[2] node id, ARGV[3] attempt (fencing token), ARGV[4] new record JSON,
 -- ARGV[5] outcome, ARGV[6] retention s, ARGV[7] events channel, ARGV[8] event JSON,
 -- ARGV[9] backoff ms (retry), ARGV[10] DLQ cap, ARGV[11] DLQ retention s, ARGV[12] second event JSON or '',
@@ -24,6 +24,7 @@ local new, new_rest = parse_header(ARGV[4])
 if not new then return redis.error_reply('ERR new record has no valid header') end
 local now = now_ms()
 redis.call('ZREM', running, id)
+release_slot(h, KEYS[7], KEYS[8])
 if outcome == 'completed' then
   redis.call('SET', job_key, ARGV[4], 'EX', ARGV[6])
 elseif outcome == 'retry' then
@@ -31,6 +32,7 @@ elseif outcome == 'retry' then
   local due = now + tonumber(ARGV[9])
   new.avoid_node = jstr(ARGV[2])
   new.avoid_until = string.format('%d', due + tonumber(ARGV[14]))
+  new.enqueued_at = string.format('%d', due)
   redis.call('SET', job_key, format_header(new, new_rest))
   if due > now then
     redis.call('ZADD', delayed, due, id)

@@ -1,6 +1,6 @@
 -- A node stopping gracefully gives back the jobs it could not finish. Not a failed attempt: the
 -- retry count is unchanged and the job goes to the front of its priority band.
--- KEYS[1] running ZSET, KEYS[2] queue ZSET
+-- KEYS[1] running ZSET, KEYS[2] queue ZSET, KEYS[3] load HASH, KEYS[4] tag HASH
 -- ARGV[1] node id, ARGV[2] job key prefix, ARGV[3] events channel, ARGV[4] now (RFC 3339),
 -- then pairs (job id, attempt)
 -- Returns the number of jobs handed back (stale pairs are skipped).
@@ -15,6 +15,8 @@ for i = 5, #ARGV, 2 do
   if record then h, rest = parse_header(record) end
   if h and tok_str(h.status) == 'running' and tonumber(h.attempt) == attempt and tok_str(h.assigned_to) == node then
     rest = append_attempt(rest, attempt_entry(attempt, node, tok_str(h.started_at), now_iso, 'handed_back', nil))
+    release_slot(h, KEYS[3], KEYS[4])
+    h.enqueued_at = string.format('%d', now_ms())
     h.status = '"pending"'
     h.assigned_to = 'null'
     redis.call('SET', key, format_header(h, rest))

@@ -6,7 +6,7 @@
 -- numbers lose digits), so the body is never decoded here.
 local HEADER = {'id', 'status', 'attempt', 'retry_count', 'max_retries', 'priority', 'assigned_to',
                 'started_at', 'completed_at', 'error', 'reason', 'node_losses', 'avoid_node', 'avoid_until',
-                'affinity'}
+                'affinity', 'target', 'enqueued_at', 'tag_list'}
 
 -- Index of the last character of the JSON scalar token starting at pos, or nil.
 local function token_end(s, pos)
@@ -115,11 +115,65 @@ local function promote_due(delayed, queue, sequence, prefix, now)
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(due) do
     redis.call('ZREM', delayed, id)
-    local record = redis.call('GET', prefix .. id)
-    local h = record and parse_header(record)
+    local key = prefix .. id
+    local record = redis.call('GET', key)
+    local h, rest
+    if record then h, rest = parse_header(record) end
     if h and tok_str(h.status) == 'pending' then
+      h.enqueued_at = string.format('%d', now)
+      redis.call('SET', key, format_header(h, rest), 'KEEPTTL')
       redis.call('ZADD', queue, queue_score(tonumber(h.priority), redis.call('INCR', sequence)), id)
     end
   end
   return #due
+end
+
+-- The tags of a job, from its header's comma-separated tag_list.
+local function job_tags(h)
+  local tags = {}
+  local list = tok_str(h.tag_list)
+  if list then
+    for tag in string.gmatch(list, '[^,]+') do tags[#tags + 1] = tag end
+  end
+  return tags
+end
+
+-- A running attempt ended (finished, handed back, recovered or cancelled): free its node's slot and
+-- its tags' cluster-wide counts. Counts never go below zero (claims also resynchronise the node's).
+local function release_slot(h, load_key, tags_key)
+  local node = tok_str(h.assigned_to)
+  if node and redis.call('HINCRBY', load_key, node, -1) < 0 then redis.call('HSET', load_key, node, 0) end
+  for _, tag in ipairs(job_tags(h)) do
+    if redis.call('HINCRBY', tags_key, tag, -1) <= 0 then redis.call('HDEL', tags_key, tag) end
+  end
+end
+
+-- The active nodes: those registered in the capacity hash whose node record exists, sorted by id, with
+-- their capacity and current load. The caller is always included (it is claiming right now).
+local function active_nodes(capacity_key, load_key, node_prefix, caller, caller_capacity, caller_load)
+  local names, capacity, load = {}, {}, {}
+  local entries = redis.call('HGETALL', capacity_key)
+  for i = 1, #entries, 2 do
+    local name = entries[i]
+    if name == caller or redis.call('EXISTS', node_prefix .. name) == 1 then
+      names[#names + 1] = name
+      capacity[name] = tonumber(entries[i + 1])
+      load[name] = tonumber(redis.call('HGET', load_key, name) or '0')
+    end
+  end
+  if not capacity[caller] then names[#names + 1] = caller end
+  capacity[caller], load[caller] = caller_capacity, caller_load
+  table.sort(names)
+  return names, capacity, load
+end
+
+-- Rendezvous (highest random weight) hashing: the node that owns an affinity key. When a node leaves,
+-- only the keys it owned move, each to one other node.
+local function rendezvous(key, names)
+  local best, best_weight = nil, nil
+  for _, name in ipairs(names) do
+    local weight = redis.sha1hex(name .. '\0' .. key):sub(1, 12)
+    if not best_weight or weight > best_weight then best, best_weight = name, weight end
+  end
+  return best
 end

@@ -8,7 +8,7 @@
 -- Leader-fenced: with a non-empty ARGV[1] the caller must hold the leader lease (a deposed leader
 -- changes nothing). A restarting node recovering its own jobs passes '' (they are assigned to it).
 -- KEYS[1] running ZSET, KEYS[2] queue ZSET, KEYS[3] sequence, KEYS[4] delayed ZSET, KEYS[5] dlq ZSET,
--- KEYS[6] leader key
+-- KEYS[6] leader key, KEYS[7] load HASH, KEYS[8] tag HASH
 -- ARGV[1] leader token or '', ARGV[2] job key prefix, ARGV[3] events channel, ARGV[4] now (RFC 3339),
 -- ARGV[5] max jobs per call, ARGV[6] DLQ retention s, ARGV[7] DLQ cap, ARGV[8] backoff base ms,
 -- ARGV[9] backoff cap ms, ARGV[10] mode, ARGV[11] poison limit, ARGV[12] avoid window ms,
@@ -55,6 +55,7 @@ for _, target in ipairs(targets) do
     if oldest == 0 or deadline < oldest then oldest = deadline end
     local lost_on = tok_str(h.assigned_to)
     local attempt = tonumber(h.attempt)
+    release_slot(h, KEYS[7], KEYS[8])
     local retries, max_retries = tonumber(h.retry_count), tonumber(h.max_retries)
     local losses = tonumber(h.node_losses) + 1
     local message = cause .. ' (node ' .. tostring(lost_on) .. ')'
@@ -84,6 +85,7 @@ for _, target in ipairs(targets) do
       h.reason = '"node_lost"'
       h.avoid_node = jstr(lost_on)
       h.avoid_until = string.format('%d', due + avoid_ms)
+      h.enqueued_at = string.format('%d', due)
       redis.call('SET', key, format_header(h, rest))
       redis.call('ZADD', delayed, due, id)
       redis.call('PUBLISH', channel, event('job.retrying', now_iso, id, lost_on, 'pending', attempt, message,

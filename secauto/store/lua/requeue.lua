@@ -23,6 +23,7 @@ h.error = 'null'
 h.reason = 'null'
 h.avoid_node = 'null'
 h.avoid_until = '0'
+h.enqueued_at = string.format('%d', now_ms())
 redis.call('SET', key, format_header(h, rest))
 redis.call('ZREM', dlq, id)
 redis.call('ZADD', queue, queue_score(tonumber(h.priority), redis.call('INCR', sequence)), id)

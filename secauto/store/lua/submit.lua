@@ -1,17 +1,34 @@
 -- Store new jobs and queue them (or park them until due), announcing each; all or nothing per job.
--- KEYS[1] queue ZSET, KEYS[2] sequence counter, KEYS[3] delayed ZSET, KEYS[3+i] job key of job i
--- ARGV[1] events channel, then per job i: ARGV[2+4(i-1)] job id, [+1] job JSON, [+2] event JSON,
--- [+3] due time in ms (0: now)
+-- With round robin placement each job is given the next active node in turn as its target.
+-- KEYS[1] queue ZSET, KEYS[2] sequence counter, KEYS[3] delayed ZSET, KEYS[4] capacity HASH,
+-- KEYS[5] round-robin counter, KEYS[5+i] job key of job i
+-- ARGV[1] events channel, ARGV[2] node key prefix, ARGV[3] placement (least_loaded | round_robin),
+-- then per job i: ARGV[4+4(i-1)] job id, [+1] job JSON, [+2] event JSON, [+3] delay in ms (0: now)
 -- Returns the number of jobs stored (a job whose key already exists is left untouched).
-local queue, sequence, delayed, channel = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
+local queue, sequence, delayed, capacity_key, rr_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local channel, node_prefix, placement = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
+local targets = nil
+if placement == 'round_robin' then
+  targets = {}
+  for _, name in ipairs(redis.call('HKEYS', capacity_key)) do
+    if redis.call('EXISTS', node_prefix .. name) == 1 then targets[#targets + 1] = name end
+  end
+  table.sort(targets)
+end
 local stored = 0
-for i = 1, #KEYS - 3 do
-  local base = 2 + 4 * (i - 1)
-  local id, record, announcement, due = ARGV[base], ARGV[base + 1], ARGV[base + 2], tonumber(ARGV[base + 3])
-  local h = parse_header(record)
+for i = 1, #KEYS - 5 do
+  local base = 4 + 4 * (i - 1)
+  local id, record, announcement = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+  local due = now + tonumber(ARGV[base + 3])
+  local h, rest = parse_header(record)
   if not h then return redis.error_reply('ERR job record ' .. id .. ' has no valid header') end
-  if redis.call('SET', KEYS[3 + i], record, 'NX') then
+  if redis.call('EXISTS', KEYS[5 + i]) == 0 then
+    h.enqueued_at = string.format('%d', due)
+    if targets and #targets > 0 then
+      h.target = jstr(targets[(redis.call('INCR', rr_key) - 1) % #targets + 1])
+    end
+    redis.call('SET', KEYS[5 + i], format_header(h, rest))
     if due > now then
       redis.call('ZADD', delayed, due, id)
     else
