@@ -1,9 +1,9 @@
 """DiscoveryActor: the node's live view of the cluster.
 
 The view is rebuilt from the registry every heartbeat interval and on every ``node.joined`` /
-``node.left`` / ``leader.changed`` event. A node whose record is gone or whose ``last_seen`` is older
-than 3 heartbeats is shown ``inactive`` for another 3 heartbeats, then dropped; a node that left
-gracefully (``node.left``) is dropped at once.
+``node.left`` / ``leader.changed`` event (the dispatcher's subscription forwards them). A node whose
+record is gone or whose ``last_seen`` is older than 3 heartbeats is shown ``inactive`` for another 3
+heartbeats, then dropped; a node that left gracefully (``node.left``) is dropped at once.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor
-from actors.messages import ClusterView, GetClusterView, NodeLeft, Refresh
+from actors.messages import ClusterView, GetClusterView, MembershipEvent, Refresh
 from secauto.models import NodeInfo, event_decoder
-from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
 
 MISSED_BEATS_INACTIVE = 3
-_NODE_EVENTS = (event_prefix("node."), event_prefix("leader."))
 
 
 class DiscoveryActor(Actor):
@@ -34,16 +32,19 @@ class DiscoveryActor(Actor):
         self.log = logger.bind(component="discovery", node_id=ctx.node_id)
 
     async def on_start(self) -> None:
-        self.run_task(self._listen(), name="discovery-events")
         self.start_timer("refresh", self.ctx.heartbeat_interval, Refresh(), initial_delay=0.0)
 
     async def receive(self, message: Any) -> Any:
         match message:
             case Refresh():
                 await self._refresh()
-            case NodeLeft(node_id=node_id):
-                if self.known.pop(node_id, None) is not None:
-                    self.log.info("node {} left the cluster", node_id)
+            case MembershipEvent(payload=payload):
+                event = event_decoder.decode(payload) if payload else None
+                if event is not None and event.type == "node.left" and event.node_id:
+                    if self.known.pop(event.node_id, None) is not None:
+                        self.log.info("node {} left the cluster", event.node_id)
+                else:
+                    await self._refresh()
             case GetClusterView():
                 await self._refresh()
                 queue_size = await self.ctx.queue.queue_size()
@@ -52,17 +53,6 @@ class DiscoveryActor(Actor):
             case _:
                 raise TypeError(f"discovery got an unexpected message {message!r}")
         return None
-
-    async def _listen(self) -> None:
-        async for payload in subscribe(self.ctx.queue.redis, self.ctx.queue.keys.channel, component="discovery"):
-            if payload == RESUBSCRIBED:
-                self.ref.tell(Refresh())
-            elif payload.startswith(_NODE_EVENTS):
-                event = event_decoder.decode(payload)
-                if event.type == "node.left" and event.node_id:
-                    self.ref.tell(NodeLeft(event.node_id))
-                else:
-                    self.ref.tell(Refresh())
 
     async def _refresh(self) -> None:
         try:

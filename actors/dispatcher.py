@@ -4,12 +4,14 @@ It wakes on ``job.submitted``/``job.retrying``/``job.requeued`` events (pub/sub)
 a slow poll that only covers lost notifications. It never claims more jobs than free slots, so no job
 waits behind a busy node (no prefetch). Redis errors during a claim are logged and retried on the next
 wake-up or poll; they never crash the actor. It also forwards ``job.cancelled`` events that name this
-node to the executor, which stops that attempt.
+node to the executor, which stops that attempt, and membership events to discovery: a node keeps one
+subscription to the event channel, however many actors care about events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import msgspec
@@ -25,6 +27,7 @@ from actors.messages import (
     GetJob,
     JobsFinished,
     ListDeadLetters,
+    MembershipEvent,
     RequeueJob,
     RunJobs,
     StopAttempts,
@@ -37,6 +40,7 @@ from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
 
 _WAKE_PREFIXES = (event_prefix("job.submitted"), event_prefix("job.retrying"), event_prefix("job.requeued"))
 _CANCELLED = event_prefix("job.cancelled")
+_MEMBERSHIP_PREFIXES = (event_prefix("node."), event_prefix("leader."))
 
 
 class DueWake(msgspec.Struct, frozen=True):
@@ -47,9 +51,10 @@ class DispatcherActor(Actor):
     # Unbounded: every JobsFinished must arrive (slot accounting), and Wake is coalesced anyway.
     mailbox_size = 0
 
-    def __init__(self, ctx: NodeContext, executor_name: str = "executor") -> None:
+    def __init__(self, ctx: NodeContext, executor_name: str = "executor", discovery_name: str = "discovery") -> None:
         self.ctx = ctx
         self.executor_name = executor_name
+        self.discovery_name = discovery_name
         self.in_flight = 0  # claimed and not yet finished on this node
         self.claiming = True
         self._wake_queued = False
@@ -74,8 +79,9 @@ class DispatcherActor(Actor):
                 self._due_wake = None
                 await self._claim()
             case JobsFinished(count=count):
+                # Freed slots are refilled by one claim for all the jobs that ended meanwhile.
                 self.in_flight -= count
-                await self._claim()
+                self._request_wake()
             case SubmitJobs(jobs=jobs, delays_ms=delays_ms):
                 events = [make_event("job.submitted", job_id=job.id, node_id=self.ctx.node_id, status="pending",
                                      priority=job.priority) for job in jobs]
@@ -126,6 +132,14 @@ class DispatcherActor(Actor):
                 event = event_decoder.decode(payload)
                 if event.node_id == self.ctx.node_id and event.job_id:
                     self.system.get(self.executor_name).tell(StopAttempts([event.job_id], "job cancelled"))
+            if payload == RESUBSCRIBED or payload.startswith(_MEMBERSHIP_PREFIXES):
+                self._forward_membership(payload)
+
+    def _forward_membership(self, payload: bytes) -> None:
+        """The node's one subscription also feeds discovery (membership and leadership events)."""
+        # Before discovery is spawned there is nobody to tell: it reads the registry when it starts.
+        with contextlib.suppress(KeyError):
+            self.system.get(self.discovery_name).tell(MembershipEvent(payload))
 
     async def _claim(self) -> None:
         """Claim while there are free slots and the queue gives jobs; hand them to the executor."""

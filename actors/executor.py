@@ -9,8 +9,10 @@ job that moved on.
 
 How an attempt ends: success -> ``completed``; playbook error or timeout -> retried after an
 exponential backoff (preferring another node) while retries remain, else ``failed`` and dead-lettered.
-If Redis is unreachable when an attempt ends, the write is retried with backoff until it lands or the
-attempt is stopped.
+Attempt ends are written by one tracked task that sends everything pending in one pipelined
+round-trip, so a busy node writes many results per round-trip and an idle one writes each at once. If
+Redis is unreachable, the batch is retried with backoff until it lands; an attempt stopped meanwhile
+drops out of it.
 
 Job tasks update the executor's bookkeeping (running set, counters) directly when they end: they run
 on the actor's event loop, so this is race-free, and it lets ``Drain`` (which waits inside ``receive``)
@@ -35,7 +37,7 @@ from actors.core import Actor, ActorDeadError
 from actors.messages import Drain, DrainReport, ExecutorStats, GetStats, JobsFinished, RunJobs, StopAttempts
 from secauto.engine import PlaybookInvalid, run_playbook
 from secauto.models import Attempt, Job, make_event, utc_now
-from secauto.store.jobs import FinishOutcome
+from secauto.store.jobs import FinishOutcome, FinishRequest
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
@@ -58,6 +60,7 @@ class ExecutorActor(Actor):
         self.completed = 0
         self.failed = 0
         self._scheduler: aiojobs.Scheduler | None = None
+        self._finishes: asyncio.Queue[tuple[FinishRequest, asyncio.Future[bool]]] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
         self.log = logger.bind(component="executor", node_id=ctx.node_id)
@@ -66,7 +69,9 @@ class ExecutorActor(Actor):
         await self._recover_previous_incarnation()
         # The dispatcher enforces capacity; the scheduler only tracks and closes the job tasks.
         self._scheduler = aiojobs.Scheduler(limit=None, pending_limit=0, close_timeout=1.0)
+        self._finishes = asyncio.Queue()
         self.run_task(self._renew_forever(), name="lease-renewal")
+        self.run_task(self._write_finishes(), name="finish-writer")
 
     async def on_stop(self) -> None:
         if self._scheduler is not None:
@@ -225,15 +230,35 @@ class ExecutorActor(Actor):
             event = make_event("job.failed", status="failed", error=final.error, reason=final.reason, **fields)
             extra = make_event("job.dead_lettered", status="failed", error=final.error, reason=final.reason,
                                **fields)
-        delay = 0.1
+        request = FinishRequest(job=final, outcome=outcome, event=event, backoff_ms=backoff, extra_event=extra)
+        written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finishes.put_nowait((request, written))
+        return await written
+
+    async def _write_finishes(self) -> None:
+        """Write every pending attempt end in one round-trip, again and again; retry through outages."""
+        node = self.ctx.node_id
         while True:
-            try:
-                return await self.ctx.queue.finish(final, node, outcome, event, backoff_ms=backoff, extra_event=extra)
-            except _REDIS_ERRORS as exc:
-                self.log.bind(job_id=job.id).warning("cannot record the attempt yet ({}); retrying in {:.1f}s",
-                                                     exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            batch = [await self._finishes.get()]
+            while not self._finishes.empty():
+                batch.append(self._finishes.get_nowait())
+            delay = 0.1
+            while batch := [(request, done) for request, done in batch if not done.done()]:
+                try:
+                    outcomes = await self.ctx.queue.finish_many(node, [request for request, _ in batch])
+                except _REDIS_ERRORS as exc:
+                    self.log.warning("cannot record {} attempt end(s) yet ({}); retrying in {:.1f}s",
+                                     len(batch), exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                except Exception as exc:
+                    for _, done in batch:  # a script error: each waiting attempt sees it
+                        done.set_exception(exc)
+                    break
+                for (_, done), written in zip(batch, outcomes, strict=True):
+                    done.set_result(written)
+                break
 
     def _finished(self, job_id: str, outcome: str | None) -> None:
         self.running.pop(job_id, None)

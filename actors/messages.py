@@ -128,8 +128,10 @@ class Refresh(msgspec.Struct, frozen=True):
     """Timer or event: re-read the registry."""
 
 
-class NodeLeft(msgspec.Struct, frozen=True):
-    node_id: str
+class MembershipEvent(msgspec.Struct, frozen=True):
+    """Tell (dispatcher -> discovery): a node./leader. event payload, or b"" after a resubscription."""
+
+    payload: bytes
 
 
 class GetClusterView(msgspec.Struct, frozen=True):

@@ -8,6 +8,7 @@ the storage format: keep it in step with ``HEADER`` in ``store/lua/lib.lua``.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from datetime import UTC, datetime
@@ -29,8 +30,14 @@ def utc_now() -> str:
 
 
 def format_timestamp(epoch: float) -> str:
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    seconds = int(epoch)
+    return f"{_second_prefix(seconds)}.{int((epoch - seconds) * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_prefix(seconds: int) -> str:
+    # Timestamps are formatted thousands of times a second under load; the date part rarely changes.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def new_job_id() -> str:

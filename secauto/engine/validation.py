@@ -18,6 +18,8 @@ steps) are problems too. :func:`validate_playbook` raises :class:`PlaybookInvali
 
 from __future__ import annotations
 
+import collections
+import functools
 from typing import Any, Literal, get_args, get_origin
 
 import msgspec
@@ -307,7 +309,7 @@ class _Validator:
             return None
 
     def fields(self, spec: ActionSpec[Any], shaped: _Raw, path: str) -> None:
-        infos = {f.encode_name: f for f in msgspec.structs.fields(spec.fields)}
+        infos = _field_infos(spec.fields)  # type: ignore[arg-type]
         for key, value in shaped.fields.items():
             key_path = shaped.field_paths.get(key, child_path(path, key))
             info = infos.get(key)
@@ -359,9 +361,15 @@ def _msgspec_problem(exc: msgspec.ValidationError, path: str) -> tuple[str, str]
     return path + sub, message
 
 
+@functools.cache
+def _field_infos(struct: type[msgspec.Struct]) -> dict[str, msgspec.structs.FieldInfo]:
+    """The fields of an action's Struct by JSON name (msgspec computes them anew on every call)."""
+    return {info.encode_name: info for info in msgspec.structs.fields(struct)}
+
+
 def _choices(struct: type[msgspec.Struct], field_name: str) -> str:
     """`` (allowed: a, b)`` when ``field_name`` of ``struct`` is a Literal, else ``""``."""
-    for info in msgspec.structs.fields(struct):
+    for info in _field_infos(struct).values():
         if info.encode_name == field_name:
             values = [str(v) for v in get_args(info.type) if isinstance(v, str)]
             if get_origin(info.type) is Literal and values:
@@ -382,6 +390,10 @@ def validate_playbook(raw: Any, settings: EngineSettings | None = None) -> Playb
     Never raises anything else, whatever JSON (or YAML-loaded) value it is given.
     """
     limits = _Limits(settings.max_steps, settings.max_depth) if settings else _Limits()
+    key = _cache_key(raw, limits)
+    if key is not None and (cached := _VALID.get(key)) is not None:
+        _VALID.move_to_end(key)
+        return cached
     validator = _Validator(limits)
     try:
         playbook = validator.document(raw)
@@ -389,4 +401,26 @@ def validate_playbook(raw: Any, settings: EngineSettings | None = None) -> Playb
         raise PlaybookInvalid.single("$", "the playbook is nested too deeply") from None
     if validator.problems:
         raise PlaybookInvalid(validator.problems)
+    if key is not None:
+        _VALID[key] = playbook
+        if len(_VALID) > _VALID_MAX:
+            _VALID.popitem(last=False)
     return playbook
+
+
+# Jobs mostly repeat the same playbooks (named ones, or a client's template): a validated Playbook is
+# immutable, so the last few hundred are kept, keyed by their canonical JSON and the limits.
+_VALID: collections.OrderedDict[tuple[bytes, Any], Playbook] = collections.OrderedDict()
+_VALID_MAX = 256
+_CACHEABLE_BYTES = 64 * 1024
+
+
+def _cache_key(raw: Any, limits: Any) -> tuple[bytes, Any] | None:
+    try:
+        encoded = _canonical.encode(raw)
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
+        return None  # not plain JSON (a YAML date, say): validate every time
+    return (encoded, limits) if len(encoded) <= _CACHEABLE_BYTES else None
+
+
+_canonical = msgspec.json.Encoder(order="sorted")

@@ -40,7 +40,8 @@ async def subscribe(redis: Redis, channel: str, *, component: str) -> AsyncItera
             backoff = 0.1
             yield RESUBSCRIBED
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                # Blocks without a read timeout (redis-py >= 8); a dropped connection raises.
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 if message is not None and message["type"] == "message":
                     yield message["data"]
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from secauto.models import Event, Job, job_decoder, json_encoder, utc_now
 from secauto.store.keys import Keys
-from secauto.store.scripts import Scripts
+from secauto.store.scripts import Scripts, run_pipelined
 
 FinishOutcome = Literal["completed", "retry", "dead"]
 
@@ -38,6 +38,16 @@ class DispatchPolicy(msgspec.Struct, frozen=True, kw_only=True):
     dispatch_wait_ms: int = 250  # how long a job waits for its preferred node before any node takes it
     affinity_wait_ms: int = 5000  # the same for a job with an affinity key
     tag_limits: dict[str, int] = {}  # cluster-wide cap of running jobs per tag
+
+
+class FinishRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt's end, for :meth:`JobQueue.finish_many`."""
+
+    job: Job
+    outcome: FinishOutcome
+    event: Event
+    backoff_ms: int = 0
+    extra_event: Event | None = None
 
 
 class Recovery(msgspec.Struct, frozen=True):
@@ -140,16 +150,30 @@ class JobQueue:
         ``backoff_ms`` (preferring another node), ``dead`` dead-letters it. Returns False (and writes
         nothing) for a stale writer.
         """
-        policy = self.policy
-        written = await self._scripts.finish(
-            keys=[self.keys.job(job.id), self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed,
-                  self.keys.dlq, self.keys.load, self.keys.tag_running],
-            args=[job.id, node_id, job.attempt, json_encoder.encode(job), outcome, policy.job_retention_s,
-                  self.keys.channel, json_encoder.encode(event), backoff_ms, policy.dlq_max, policy.dlq_retention_s,
-                  json_encoder.encode(extra_event) if extra_event is not None else "", self.keys.job_prefix,
-                  policy.avoid_ms],
-        )
-        return bool(written)
+        request = FinishRequest(job=job, outcome=outcome, event=event, backoff_ms=backoff_ms, extra_event=extra_event)
+        keys, args = self._finish_call(node_id, request)
+        return bool(await self._scripts.finish(keys=keys, args=args))
+
+    async def finish_many(self, node_id: str, requests: Sequence[FinishRequest]) -> list[bool]:
+        """:meth:`finish` for several attempts in one round-trip. Raises redis-py's connection errors;
+        a script error for one request raises it too (nothing is silently dropped)."""
+        calls = [(self._scripts.finish, *self._finish_call(node_id, request)) for request in requests]
+        results = await run_pipelined(self.redis, calls)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return [bool(result) for result in results]
+
+    def _finish_call(self, node_id: str, request: FinishRequest) -> tuple[list[Any], list[Any]]:
+        policy, job = self.policy, request.job
+        keys = [self.keys.job(job.id), self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed,
+                self.keys.dlq, self.keys.load, self.keys.tag_running]
+        args = [job.id, node_id, job.attempt, json_encoder.encode(job), request.outcome, policy.job_retention_s,
+                self.keys.channel, json_encoder.encode(request.event), request.backoff_ms, policy.dlq_max,
+                policy.dlq_retention_s,
+                json_encoder.encode(request.extra_event) if request.extra_event is not None else "",
+                self.keys.job_prefix, policy.avoid_ms]
+        return keys, args
 
     async def recover(self, *, leader_token: str, mode: Literal["expired", "nodes"], cause: str,
                       nodes: Sequence[str] = (), check_records: bool = True, limit: int = 500) -> Recovery | None:

@@ -6,11 +6,15 @@ Redis restart or failover needs no special handling here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 SCRIPT_NAMES = ("submit", "claim", "finish", "renew", "reap", "handback", "cancel", "requeue", "forget", "leader",
                 "release")
@@ -44,3 +48,34 @@ class Scripts:
     @staticmethod
     def _load(redis: Redis, name: str) -> AsyncScript:
         return redis.register_script(script_source(name))
+
+
+async def run_pipelined(redis: Redis, calls: Sequence[tuple[AsyncScript, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Run several script calls in one round-trip (pipeline, not a transaction: each script is atomic
+    on its own). Results come back in order; a script's error is returned in its place, not raised.
+
+    redis-py's pipelines check every script with SCRIPT EXISTS before each execution (an extra
+    round-trip); here EVALSHA goes out directly and the scripts are loaded only after a NOSCRIPT
+    (Redis restarted or flushed its script cache); then only the calls that got NOSCRIPT are sent
+    again (a NOSCRIPT call ran nothing; the others ran and must not run twice).
+    """
+    results = await _send(redis, calls)
+    retry = [index for index, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if retry:
+        for script in {calls[index][0] for index in retry}:
+            script.sha = await redis.script_load(script.script)
+        for index, result in zip(retry, await _send(redis, [calls[index] for index in retry]), strict=True):
+            results[index] = result
+    return results
+
+
+async def _send(redis: Redis, calls: Sequence[tuple[AsyncScript, Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            _evalsha(pipe, script, keys, args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    return results
+
+
+def _evalsha(pipe: Pipeline, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> None:
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
