@@ -6,6 +6,7 @@ import msgspec
 
 from secauto.config import Settings
 from secauto.engine import EngineSettings
+from secauto.metrics import NodeMetrics
 from secauto.store.jobs import JobQueue
 from secauto.store.registry import NodeRegistry
 
@@ -19,6 +20,7 @@ class NodeContext(msgspec.Struct, kw_only=True):
     queue: JobQueue
     registry: NodeRegistry
     engine: EngineSettings
+    metrics: NodeMetrics
 
     @property
     def capacity(self) -> int:

@@ -90,6 +90,7 @@ class DispatcherActor(Actor):
                     jobs, events, delays_ms=delays_ms,
                     durable_replicas=cluster.durable_replicas if cluster.durable_submit else 0,
                     durable_timeout_ms=int(cluster.durable_timeout * 1000))
+                self.ctx.metrics.jobs_submitted.inc(stored)
                 for job in jobs:
                     self.log.bind(job_id=job.id).info("Job submitted to distributed queue")
                 return stored

@@ -114,6 +114,8 @@ class ExecutorActor(Actor):
         self._idle.clear()
         task = await self._scheduler.spawn(self._run(job))
         self.running[job.id] = _Running(job, task)
+        self.ctx.metrics.jobs_running.set(len(self.running))
+        self.ctx.metrics.node_load.set(self.stats().load)
 
     async def _stop_attempts(self, job_ids: list[str], reason: str) -> None:
         for job_id in job_ids:
@@ -166,10 +168,12 @@ class ExecutorActor(Actor):
         outcome: str | None = None
         try:
             log.info("Job started (attempt {})", job.attempt)
+            self.ctx.metrics.queue_wait.observe(max(0.0, time.time() - job.enqueued_at / 1000))
             final, result = await self._execute(job, seconds=timeout)
             written = await self._record(job, final, result)
             outcome = final.status if written else None
             if written:
+                self._count(final, result, time.monotonic() - started)
                 log.info("Job {} in {:.3f}s{}", final.status, time.monotonic() - started,
                          f" ({final.error})" if final.error else "")
             else:
@@ -260,6 +264,19 @@ class ExecutorActor(Actor):
                     done.set_result(written)
                 break
 
+    def _count(self, final: Job, outcome: FinishOutcome, duration: float) -> None:
+        metrics = self.ctx.metrics
+        metrics.job_duration.labels(status="completed" if outcome == "completed" else "failed").observe(duration)
+        if outcome == "completed":
+            metrics.jobs_completed.inc()
+            return
+        reason = final.reason or "unknown"
+        metrics.jobs_failed.labels(reason=reason).inc()
+        if outcome == "retry":
+            metrics.jobs_retried.labels(reason=reason).inc()
+        else:
+            metrics.jobs_dead_lettered.labels(reason=reason).inc()
+
     def _finished(self, job_id: str, outcome: str | None) -> None:
         self.running.pop(job_id, None)
         if outcome == "completed":
@@ -268,6 +285,8 @@ class ExecutorActor(Actor):
             self.failed += 1
         if not self.running:
             self._idle.set()
+        self.ctx.metrics.jobs_running.set(len(self.running))
+        self.ctx.metrics.node_load.set(self.stats().load)
         try:
             self.system.get(self.dispatcher_name).tell(JobsFinished(1))
         except (ActorDeadError, KeyError):  # the dispatcher stops before us at shutdown: no slots to free

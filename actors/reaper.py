@@ -87,6 +87,7 @@ class ReaperActor(Actor):
             self.log.warning("leader election failed: {}", exc)
             return
         was_leader, self.is_leader = self.is_leader, outcome > 0
+        self.ctx.metrics.is_leader.set(1 if self.is_leader else 0)
         if self.is_leader and not was_leader:
             self.log.info("became cluster leader")
             await self._reap()  # a new leader catches up at once
@@ -120,6 +121,7 @@ class ReaperActor(Actor):
 
     def _deposed(self) -> None:
         self.is_leader = False
+        self.ctx.metrics.is_leader.set(0)
         self.log.warning("lost cluster leadership (lease taken); stopped reaping")
 
     def _account(self, recovery: Recovery, *, lost_since_ms: int) -> None:
@@ -131,6 +133,13 @@ class ReaperActor(Actor):
         stats.quarantined += recovery.quarantined
         stats.last_recovery_s = round(seconds, 3)
         stats.max_recovery_s = max(stats.max_recovery_s or 0.0, stats.last_recovery_s)
+        metrics = self.ctx.metrics
+        metrics.jobs_recovered.inc(recovery.total)
+        metrics.recovery_time.observe(seconds)
+        if recovery.failed:
+            metrics.jobs_dead_lettered.labels(reason="node_lost").inc(recovery.failed)
+        if recovery.quarantined:
+            metrics.jobs_dead_lettered.labels(reason="poison").inc(recovery.quarantined)
         self.log.bind(recovery_s=stats.last_recovery_s).warning(
             "recovered {} orphaned job(s): {} requeued, {} failed (retries used up), {} quarantined (poison)",
             recovery.total, recovery.requeued, recovery.failed, recovery.quarantined)

@@ -121,6 +121,10 @@ class WebhookConfig(_Section):
     retries: Annotated[int, msgspec.Meta(ge=0)] = 3
 
 
+class MetricsConfig(_Section):
+    public: bool = False  # serve /metrics without an API key (otherwise: a viewer key)
+
+
 class LoggingConfig(_Section):
     level: LogLevel = "info"
     destination: str = "stdout"  # stdout, stderr or a file path
@@ -133,6 +137,7 @@ class Config(_Section):
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     webhooks: list[WebhookConfig] = []
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
 
 

@@ -30,6 +30,7 @@ from actors.reaper import ReaperActor
 from secauto.api.app import create_app
 from secauto.config import Settings
 from secauto.engine import EngineSettings
+from secauto.metrics import NodeMetrics
 from secauto.models import utc_now
 from secauto.store.connection import open_embedded, open_redis
 from secauto.store.jobs import DispatchPolicy, JobQueue, RetentionPolicy
@@ -72,6 +73,7 @@ class Node:
         self._redis = redis
         self._owns_redis = redis is None
         self.system = ActorSystem(f"node-{settings.node_id}")
+        self.metrics = NodeMetrics(settings.node_id)
         self._runner: web.AppRunner | None = None
         self._socket: socket.socket | None = None
         self.port = settings.config.server.port
@@ -113,13 +115,13 @@ class Node:
         queue = JobQueue(self.redis, keys, retention_policy(settings), dispatch_policy(settings))
         ctx = NodeContext(settings=settings, node_id=settings.node_id, host=_advertised_host(server.host),
                           port=self.port, started_at=utc_now(), queue=queue, registry=NodeRegistry(self.redis, keys),
-                          engine=engine)
+                          engine=engine, metrics=self.metrics)
         await self.system.spawn(ExecutorActor(ctx), name="executor")
         await self.system.spawn(DispatcherActor(ctx), name="dispatcher")
         await self.system.spawn(DiscoveryActor(ctx), name="discovery")
         await self.system.spawn(HeartbeatActor(ctx), name="heartbeat")
         await self.system.spawn(ReaperActor(ctx), name="reaper")
-        app = create_app(settings, self.system, engine, cluster_mode=self.cluster_mode)
+        app = create_app(settings, self.system, engine, self.metrics, cluster_mode=self.cluster_mode)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.SockSite(self._runner, self._socket).start()

@@ -21,6 +21,7 @@ from secauto.api.auth import allows, authenticate, presented_key
 from secauto.api.errors import HTTP_CODES, ApiError, ErrorDetail, error_response
 from secauto.config import Role, Settings
 from secauto.engine import EngineSettings
+from secauto.metrics import NodeMetrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -29,10 +30,13 @@ SETTINGS = web.AppKey("settings", Settings)
 SYSTEM = web.AppKey("system", ActorSystem)
 CLUSTER_MODE = web.AppKey("cluster_mode", bool)
 ENGINE = web.AppKey("engine", EngineSettings)
+METRICS = web.AppKey("metrics", NodeMetrics)
 RETRY_AFTER_S = "5"
 
 _ROLE_ATTR = "__secauto_role__"
 _PUBLIC = "public"
+# Public when metrics.public is set, else for viewers and up.
+METRICS_ROLE = "metrics"
 
 
 def requires(role: Role) -> Callable[[H], H]:
@@ -51,8 +55,31 @@ def public(handler: H) -> H:
     return handler
 
 
+def metrics_role(handler: H) -> H:
+    """Declare the /metrics handler: public if ``metrics.public``, else viewer."""
+    setattr(handler, _ROLE_ATTR, METRICS_ROLE)
+    return handler
+
+
 def declared_role(handler: Any) -> str | None:
     return getattr(handler, _ROLE_ATTR, None)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count requests by route template (not raw path: ids would make labels unbounded)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].http_requests.labels(route=route, method=request.method, status=str(status)).inc()
 
 
 @web.middleware
@@ -93,6 +120,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if role is None:
         # Unmatched routes (404/405) carry aiohttp's own handler: let it raise.
         return await handler(request)
+    if role == METRICS_ROLE:
+        role = _PUBLIC if request.app[SETTINGS].config.metrics.public else "viewer"
     if role != _PUBLIC:
         key = presented_key(request)
         if key is None:
@@ -146,22 +175,23 @@ def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
 
 def route_modules() -> tuple[Any, ...]:
     """Every module that contributes routes (each has a ROUTES list of (method, path, handler))."""
-    from secauto.api import cluster, dlq, health, playbooks
+    from secauto.api import cluster, dlq, health, metrics, playbooks
 
-    return (health, cluster, dlq, playbooks)
+    return (health, cluster, dlq, playbooks, metrics)
 
 
-def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, *,
+def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, metrics: NodeMetrics, *,
                cluster_mode: bool) -> web.Application:
     """Build the application. Raises RuntimeError if a route has no declared role."""
     from secauto.api import playbooks
 
-    app = web.Application(middlewares=[error_middleware, auth_middleware],
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware],
                           client_max_size=settings.config.server.max_body_bytes)
     app[SETTINGS] = settings
     app[SYSTEM] = system
     app[CLUSTER_MODE] = cluster_mode
     app[ENGINE] = engine
+    app[METRICS] = metrics
     app[playbooks.SYNC_SLOTS] = asyncio.Semaphore(settings.config.cluster.max_concurrent_jobs)
     for module in route_modules():
         for method, path, handler in module.ROUTES:

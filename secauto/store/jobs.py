@@ -226,6 +226,8 @@ class JobQueue:
 
     async def dead_letters(self, *, offset: int = 0, limit: int = 100) -> tuple[int, list[bytes]]:
         """(DLQ size, the stored records of the newest entries from ``offset``)."""
+        if limit <= 0:
+            return int(await self.redis.zcard(self.keys.dlq)), []
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.dlq)
             pipe.zrevrange(self.keys.dlq, offset, offset + limit - 1)

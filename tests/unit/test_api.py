@@ -187,7 +187,7 @@ def test_every_route_declares_a_role() -> None:
 
     for module in route_modules():
         for method, path, handler in module.ROUTES:
-            assert declared_role(handler) in ("public", "viewer", "operator", "admin"), (method, path)
+            assert declared_role(handler) in ("public", "viewer", "operator", "admin", "metrics"), (method, path)
 
 
 async def test_batch_submit_runs_every_job(http: aiohttp.ClientSession) -> None:
@@ -334,3 +334,52 @@ async def test_job_timeout_is_a_failed_attempt(http: aiohttp.ClientSession) -> N
         job_id = (await response.json())["job_id"]
     job = await wait_job(http, job_id)
     assert job["status"] == "failed" and job["reason"] == "timeout" and "timed out" in job["error"]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in the Prometheus text format (0 if absent)."""
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_move_by_the_right_amounts(http: aiohttp.ClientSession) -> None:
+    async with http.get("/metrics") as response:
+        assert response.status == 401  # not public by default
+    async with http.get("/metrics", headers=auth(VIEWER_KEY)) as response:
+        before = await response.text()
+    ok = {"playbook": [{"action": "log", "message": "x"}]}
+    bad = {"playbook": [{"action": "fail", "message": "no"}], "max_retries": 1}
+    ids = []
+    for body in (ok, ok, bad):
+        async with http.post("/cluster/jobs", json=body, headers=auth()) as response:
+            ids.append((await response.json())["job_id"])
+    for job_id in ids:
+        await wait_job(http, job_id)
+    async with http.get("/metrics", headers=auth(VIEWER_KEY)) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
+        after = await response.text()
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert delta("secauto_jobs_submitted_total") == 3
+    assert delta("secauto_jobs_completed_total") == 2
+    assert delta("secauto_jobs_failed_total", reason="playbook_error") == 2  # first attempt and its retry
+    assert delta("secauto_jobs_retried_total", reason="playbook_error") == 1
+    assert delta("secauto_jobs_dead_lettered_total", reason="playbook_error") == 1
+    assert delta("secauto_job_duration_seconds_count", status="completed") == 2
+    assert delta("secauto_job_queue_wait_seconds_count") == 4
+    assert metric(after, "secauto_dlq_size") == 1 and metric(after, "secauto_active_nodes") == 1
+    assert metric(after, "secauto_leader") == 1 and metric(after, "secauto_queue_size") == 0
+    assert delta("secauto_http_requests_total", route="/cluster/jobs", method="POST", status="200") == 3
+    assert metric(after, "secauto_http_requests_total", route="/metrics", method="GET", status="401") == 1
+
+
+async def test_public_metrics() -> None:
+    async with running_node(node_settings("pub", metrics={"public": True})) as node, \
+            aiohttp.ClientSession(base_url=node.url) as session, session.get("/metrics") as response:
+        assert response.status == 200
+        assert 'secauto_node_info{node_id="pub"} 1.0' in await response.text()

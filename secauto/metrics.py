@@ -1,0 +1,58 @@
+"""Prometheus metrics of one node (prometheus-client), served at ``GET /metrics``.
+
+Each node has its own registry (several nodes can share a process in tests). Counters and histograms
+are updated where things happen (API, executor, reaper, webhooks); gauges that describe the cluster
+(queue size, DLQ size, active nodes) are read from the store when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+# The *_created series double the output and nobody here reads them.
+disable_created_metrics()
+
+# Seconds: from no-op jobs (milliseconds) to long scans (an hour).
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class NodeMetrics:
+    """Every metric a node exports. Label values are bounded sets (status, reason, route templates)."""
+
+    def __init__(self, node_id: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.jobs_submitted = Counter("secauto_jobs_submitted", "Jobs accepted by this node's API",
+                                      registry=registry)
+        self.jobs_completed = Counter("secauto_jobs_completed", "Attempts this node completed", registry=registry)
+        self.jobs_failed = Counter("secauto_jobs_failed", "Attempts this node ended as failed, by reason",
+                                   ["reason"], registry=registry)
+        self.jobs_retried = Counter("secauto_jobs_retried", "Failed attempts scheduled for a retry, by reason",
+                                    ["reason"], registry=registry)
+        self.jobs_dead_lettered = Counter("secauto_jobs_dead_lettered", "Jobs moved to the dead-letter queue, "
+                                          "by reason", ["reason"], registry=registry)
+        self.jobs_recovered = Counter("secauto_jobs_recovered", "Jobs this node (as leader) took back from lost "
+                                      "nodes", registry=registry)
+        self.job_duration = Histogram("secauto_job_duration_seconds", "Run time of attempts on this node",
+                                      ["status"], buckets=_DURATION_BUCKETS, registry=registry)
+        self.queue_wait = Histogram("secauto_job_queue_wait_seconds", "Time from submission to start",
+                                    buckets=_DURATION_BUCKETS, registry=registry)
+        self.recovery_time = Histogram("secauto_recovery_seconds", "From a lost node's last sign of life to the "
+                                       "recovery of its jobs", buckets=_DURATION_BUCKETS, registry=registry)
+        self.queue_size = Gauge("secauto_queue_size", "Pending jobs in the cluster", registry=registry)
+        self.dlq_size = Gauge("secauto_dlq_size", "Jobs in the dead-letter queue", registry=registry)
+        self.jobs_running = Gauge("secauto_jobs_running", "Attempts running on this node", registry=registry)
+        self.node_load = Gauge("secauto_node_load", "Running jobs / slots on this node", registry=registry)
+        self.active_nodes = Gauge("secauto_active_nodes", "Active nodes in the cluster", registry=registry)
+        self.is_leader = Gauge("secauto_leader", "1 if this node is the cluster leader", registry=registry)
+        self.webhook_deliveries = Counter("secauto_webhook_deliveries", "Webhook deliveries by outcome",
+                                          ["outcome"], registry=registry)
+        self.http_requests = Counter("secauto_http_requests", "HTTP requests by route, method and status",
+                                     ["route", "method", "status"], registry=registry)
+        self.info = Gauge("secauto_node_info", "Constant 1, labelled with this node's id", ["node_id"],
+                          registry=registry)
+        self.info.labels(node_id=node_id).set(1)
+
+    def render(self) -> bytes:
+        """The text exposition format (``text/plain; version=0.0.4``)."""
+        return generate_latest(self.registry)
