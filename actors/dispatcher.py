@@ -27,7 +27,9 @@ from actors.messages import (
     GetJob,
     JobsFinished,
     ListDeadLetters,
+    ListJobs,
     MembershipEvent,
+    RecentEnds,
     RequeueJob,
     RunJobs,
     StopAttempts,
@@ -110,6 +112,10 @@ class DispatcherActor(Actor):
                 return await self.ctx.queue.forget(job_id)
             case ListDeadLetters(offset=offset, limit=limit):
                 return await self.ctx.queue.dead_letters(offset=offset, limit=limit)
+            case ListJobs(before=before, scan=scan):
+                return await self.ctx.queue.list_jobs(before=before, scan=scan)
+            case RecentEnds():
+                return await self.ctx.queue.recent_ends()
             case StopClaiming():
                 self.claiming = False
                 self.cancel_timer("poll")

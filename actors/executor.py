@@ -170,7 +170,7 @@ class ExecutorActor(Actor):
             log.info("Job started (attempt {})", job.attempt)
             self.ctx.metrics.queue_wait.observe(max(0.0, time.time() - job.enqueued_at / 1000))
             final, result = await self._execute(job, seconds=timeout)
-            written = await self._record(job, final, result)
+            written = await self._record(job, final, result, time.monotonic() - started)
             outcome = final.status if written else None
             if written:
                 self._count(final, result, time.monotonic() - started)
@@ -217,7 +217,7 @@ class ExecutorActor(Actor):
         return msgspec.structs.replace(job, status="failed", completed_at=now, error=error, reason=reason,
                                        results=results, context=context, attempts=attempts), "dead"
 
-    async def _record(self, job: Job, final: Job, outcome: FinishOutcome) -> bool:
+    async def _record(self, job: Job, final: Job, outcome: FinishOutcome, duration: float) -> bool:
         """Write the attempt's end, retrying through Redis outages while the attempt may still own it."""
         node = self.ctx.node_id
         fields: dict[str, Any] = {"job_id": job.id, "node_id": node, "attempt": job.attempt}
@@ -234,7 +234,8 @@ class ExecutorActor(Actor):
             event = make_event("job.failed", status="failed", error=final.error, reason=final.reason, **fields)
             extra = make_event("job.dead_lettered", status="failed", error=final.error, reason=final.reason,
                                **fields)
-        request = FinishRequest(job=final, outcome=outcome, event=event, backoff_ms=backoff, extra_event=extra)
+        request = FinishRequest(job=final, outcome=outcome, event=event, backoff_ms=backoff, extra_event=extra,
+                                duration_ms=int(duration * 1000))
         written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._finishes.put_nowait((request, written))
         return await written

@@ -48,6 +48,18 @@ class ListDeadLetters(msgspec.Struct, frozen=True):
     limit: int
 
 
+class ListJobs(msgspec.Struct, frozen=True):
+    """Ask: up to ``scan`` (index score, record) pairs, newest first, before ``before``; and whether
+    more remain."""
+
+    before: float | None
+    scan: int
+
+
+class RecentEnds(msgspec.Struct, frozen=True):
+    """Ask: the latest attempt ends ("end_ms status node duration_ms"), newest first."""
+
+
 class Wake(msgspec.Struct, frozen=True):
     """Tell: there may be work in the queue (pub/sub notification, poll timer or freed slots)."""
 

@@ -158,6 +158,15 @@ async def read_json(request: web.Request, body_type: type[T]) -> T:
         raise ApiError(400, "validation_error", f"malformed JSON: {exc}") from None
 
 
+def parse_query(request: web.Request, query_type: type[T]) -> T:
+    """Query parameters as a typed struct (strings converted to numbers where the type says so);
+    400 naming the parameter otherwise. A parameter given twice keeps its first value."""
+    try:
+        return msgspec.convert(dict(request.query), query_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "validation_error", "invalid query parameters", [validation_detail(exc)]) from None
+
+
 def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
     text = str(exc)
     message, sep, where = text.rpartition(" - at `")
@@ -175,9 +184,9 @@ def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
 
 def route_modules() -> tuple[Any, ...]:
     """Every module that contributes routes (each has a ROUTES list of (method, path, handler))."""
-    from secauto.api import cluster, dlq, health, metrics, playbooks
+    from secauto.api import cluster, dlq, health, jobs, metrics, playbooks
 
-    return (health, cluster, dlq, playbooks, metrics)
+    return (health, cluster, jobs, dlq, playbooks, metrics)
 
 
 def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, metrics: NodeMetrics, *,

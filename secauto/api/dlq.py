@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from actors.messages import ForgetJob, ListDeadLetters, RequeueJob
-from secauto.api.app import SYSTEM, requires
+from secauto.api.app import SYSTEM, parse_query, requires
 from secauto.api.cluster import job_id_from
 from secauto.api.errors import ApiError, json_response
 from secauto.models import utc_now
@@ -18,16 +18,6 @@ from secauto.models import utc_now
 class DlqQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
     offset: Annotated[int, msgspec.Meta(ge=0)] = 0
-
-
-def parse_query(request: web.Request, query_type: type[DlqQuery]) -> DlqQuery:
-    """Query parameters as a typed struct; 400 naming the parameter otherwise."""
-    from secauto.api.app import validation_detail
-
-    try:
-        return msgspec.convert(dict(request.query), query_type, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ApiError(400, "validation_error", "invalid query parameters", [validation_detail(exc)]) from None
 
 
 @requires("viewer")

@@ -13,7 +13,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from secauto.models import Event, Job, job_decoder, json_encoder, utc_now
-from secauto.store.keys import Keys
+from secauto.store.keys import RECENT_MAX, Keys
 from secauto.store.scripts import Scripts, run_pipelined
 
 FinishOutcome = Literal["completed", "retry", "dead"]
@@ -48,6 +48,7 @@ class FinishRequest(msgspec.Struct, frozen=True, kw_only=True):
     event: Event
     backoff_ms: int = 0
     extra_event: Event | None = None
+    duration_ms: int = 0
 
 
 class Recovery(msgspec.Struct, frozen=True):
@@ -91,8 +92,9 @@ class JobQueue:
             return 0
         delays = delays_ms or [0] * len(jobs)
         keys = [self.keys.queue, self.keys.sequence, self.keys.delayed, self.keys.capacity, self.keys.round_robin,
-                *(self.keys.job(job.id) for job in jobs)]
-        args: list[Any] = [self.keys.channel, self.keys.node_prefix, self.dispatch.placement]
+                self.keys.job_index, *(self.keys.job(job.id) for job in jobs)]
+        index_ms = 1000 * max(self.policy.job_retention_s, self.policy.dlq_retention_s)
+        args: list[Any] = [self.keys.channel, self.keys.node_prefix, self.dispatch.placement, index_ms]
         for job, event, delay in zip(jobs, events, delays, strict=True):
             args += [job.id, json_encoder.encode(job), json_encoder.encode(event), max(0, delay)]
         if not durable_replicas:
@@ -167,12 +169,12 @@ class JobQueue:
     def _finish_call(self, node_id: str, request: FinishRequest) -> tuple[list[Any], list[Any]]:
         policy, job = self.policy, request.job
         keys = [self.keys.job(job.id), self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed,
-                self.keys.dlq, self.keys.load, self.keys.tag_running]
+                self.keys.dlq, self.keys.load, self.keys.tag_running, self.keys.recent]
         args = [job.id, node_id, job.attempt, json_encoder.encode(job), request.outcome, policy.job_retention_s,
                 self.keys.channel, json_encoder.encode(request.event), request.backoff_ms, policy.dlq_max,
                 policy.dlq_retention_s,
                 json_encoder.encode(request.extra_event) if request.extra_event is not None else "",
-                self.keys.job_prefix, policy.avoid_ms]
+                self.keys.job_prefix, policy.avoid_ms, request.duration_ms, RECENT_MAX]
         return keys, args
 
     async def recover(self, *, leader_token: str, mode: Literal["expired", "nodes"], cause: str,
@@ -237,6 +239,26 @@ class JobQueue:
         records = await self.redis.mget([self.keys.job(_text(job_id)) for job_id in ids])
         return int(size), [record.encode() if isinstance(record, str) else record for record in records
                            if record is not None]
+
+    async def list_jobs(self, *, before: float | None, scan: int) -> tuple[list[tuple[float, bytes]], bool]:
+        """Up to ``scan`` (index score, stored record) pairs, newest first, strictly before ``before``
+        (None: from the newest); records that expired are left out. The flag says whether the index
+        has more entries past the ones scanned."""
+        top = f"({before!r}" if before is not None else "+inf"
+        entries: list[Any] = await self.redis.zrevrangebyscore(self.keys.job_index, top, "-inf", start=0,
+                                                               num=scan + 1, withscores=True)
+        more = len(entries) > scan
+        entries = entries[:scan]
+        if not entries:
+            return [], False
+        records = await self.redis.mget([self.keys.job(_text(job_id)) for job_id, _ in entries])
+        found = [(float(score), record.encode() if isinstance(record, str) else record)
+                 for (_, score), record in zip(entries, records, strict=True) if record is not None]
+        return found, more
+
+    async def recent_ends(self) -> list[str]:
+        """The latest attempt ends, newest first: ``"end_ms status node duration_ms"``."""
+        return [_text(item) for item in await self.redis.lrange(self.keys.recent, 0, -1)]
 
     async def get_raw(self, job_id: str) -> bytes | None:
         """The stored JSON of a job, or None."""

@@ -9,14 +9,15 @@ from __future__ import annotations
 from typing import Final
 
 PREFIX: Final = "secauto"
+RECENT_MAX: Final = 10_000
 
 
 class Keys:
     """Key names for one cluster. Lua scripts receive these as KEYS/ARGV; none are built in Lua
     except ``job:<id>`` from :attr:`job_prefix` (the scripts touch jobs they pop from a ZSET)."""
 
-    __slots__ = ("capacity", "channel", "cluster", "delayed", "dlq", "job_prefix", "leader", "load", "node_index",
-                 "node_prefix", "queue", "round_robin", "running", "sequence", "tag_running")
+    __slots__ = ("capacity", "channel", "cluster", "delayed", "dlq", "job_index", "job_prefix", "leader", "load",
+                 "node_index", "node_prefix", "queue", "recent", "round_robin", "running", "sequence", "tag_running")
 
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
@@ -45,6 +46,12 @@ class Keys:
         self.tag_running = f"{PREFIX}:tag-running:{cluster}"
         # STRING counter: round-robin position. One integer.
         self.round_robin = f"{PREFIX}:rr:{cluster}"
+        # ZSET of every job id by submission (score = ms * 1000 + sequence % 1000, unique and ordered),
+        # for GET /cluster/jobs; entries older than the longest retention are trimmed at each submit.
+        self.job_index = f"{PREFIX}:job-index:{cluster}"
+        # LIST of the latest attempt ends, "end_ms status node duration_ms", capped at RECENT_MAX, for
+        # GET /cluster/stats.
+        self.recent = f"{PREFIX}:recent:{cluster}"
         # STRING counter giving FIFO order inside a priority. One integer.
         self.sequence = f"{PREFIX}:seq:{cluster}"
         # STRING leader lease "<node_id>:<token>", PX election_timeout.

@@ -383,3 +383,64 @@ async def test_public_metrics() -> None:
             aiohttp.ClientSession(base_url=node.url) as session, session.get("/metrics") as response:
         assert response.status == 200
         assert 'secauto_node_info{node_id="pub"} 1.0' in await response.text()
+
+
+async def test_job_listing_filters_and_pages(http: aiohttp.ClientSession) -> None:
+    ids = []
+    for index in range(7):
+        body = {"playbook": [{"action": "fail" if index % 3 == 0 else "log", "message": "x"}], "max_retries": 0,
+                "tags": ["even" if index % 2 == 0 else "odd"]}
+        async with http.post("/cluster/jobs", json=body, headers=auth()) as response:
+            ids.append((await response.json())["job_id"])
+    for job_id in ids:
+        await wait_job(http, job_id)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        url = "/cluster/jobs?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        async with http.get(url, headers=auth(VIEWER_KEY)) as response:
+            assert response.status == 200
+            page = await response.json()
+        assert len(page["jobs"]) <= 3
+        seen += [job["id"] for job in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))  # newest first, each once
+    assert "playbook" not in page["jobs"][0] and "context" not in page["jobs"][0]
+    async with http.get("/cluster/jobs?status=failed", headers=auth()) as response:
+        failed = [job["id"] for job in (await response.json())["jobs"]]
+    assert failed == [ids[6], ids[3], ids[0]]
+    async with http.get("/cluster/jobs?tag=odd&node=solo", headers=auth()) as response:
+        odd = [job["id"] for job in (await response.json())["jobs"]]
+    assert odd == [ids[5], ids[3], ids[1]]
+    for bad in ("status=done", "limit=0", "limit=many", "cursor=abc", "sort=asc"):
+        async with http.get(f"/cluster/jobs?{bad}", headers=auth()) as response:
+            assert response.status == 400, bad
+
+
+async def test_stats_over_the_last_hour(http: aiohttp.ClientSession) -> None:
+    for message in ("ok", "ok", "ok", "no"):
+        action = "fail" if message == "no" else "log"
+        async with http.post("/cluster/jobs", json={"playbook": [{"action": action, "message": message}],
+                                                   "max_retries": 0}, headers=auth()) as response:
+            await wait_job(http, (await response.json())["job_id"])
+    async with http.get("/cluster/stats", headers=auth(VIEWER_KEY)) as response:
+        assert response.status == 200
+        stats = (await response.json())["stats"]
+    assert (stats["attempts"], stats["completed"], stats["failed"]) == (4, 3, 1)
+    assert stats["success_rate"] == 0.75 and stats["failure_rate"] == 0.25
+    assert stats["per_node"] == {"solo": {"completed": 3, "failed": 1}}
+    assert stats["duration_ms"]["p50"] is not None and stats["duration_ms"]["p95"] >= stats["duration_ms"]["p50"]
+
+
+def test_stats_summary_window_and_percentiles() -> None:
+    from secauto.api.jobs import summarize
+
+    now = 10_000_000
+    ends = [f"{now - i * 1000} {'completed' if i % 4 else 'failed'} n{i % 2} {i}" for i in range(1, 101)]
+    ends.append(f"{now - 4_000_000} completed n0 5")  # older than the window
+    stats = summarize(ends, now)
+    assert stats["attempts"] == 100 and stats["failed"] == 25
+    assert stats["duration_ms"] == {"p50": 50.5, "p95": 95.0}
+    assert stats["per_node"]["n0"] == {"completed": 25, "failed": 25}
