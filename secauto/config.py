@@ -293,7 +293,9 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         try:
             _section(raw, "server")["port"] = int(env["SECAUTO_PORT"])
         except ValueError:
-            raise ConfigError(f"SECAUTO_PORT: {env['SECAUTO_PORT']!r} is not a port number") from None
+            hint = (" (Kubernetes service links set this for a Service named secauto: use enableServiceLinks: false)"
+                    if env["SECAUTO_PORT"].startswith("tcp://") else "")
+            raise ConfigError(f"SECAUTO_PORT: {env['SECAUTO_PORT']!r} is not a port number{hint}") from None
     enabled = env.get("SECAUTO_CLUSTER_ENABLED")
     if enabled:
         if enabled.lower() not in ("1", "true", "yes", "0", "false", "no"):

@@ -328,7 +328,9 @@ def test_dockerfile_builds_a_slim_non_root_image_that_runs_secauto_serve() -> No
     assert user not in ("root", "0")
     entrypoint = exec_form(instruction("ENTRYPOINT")[-1])
     command = entrypoint + (exec_form(instruction("CMD")[-1]) if instruction("CMD") else [])
-    assert command[:2] == ["secauto", "serve"]  # exec form: SIGTERM goes to the node itself (PID 1)
+    # exec form under tini: tini (PID 1) forwards SIGTERM to the node and reaps what scripts leave behind
+    assert command[:4] == ["/usr/bin/tini", "--", "secauto", "serve"]
+    assert any("install" in args and "tini" in args for word, args in runtime_stage() if word == "RUN")
     assert instruction("STOPSIGNAL") == ["SIGTERM"]
     assert instruction("EXPOSE") == ["8080"]
     installs = " ".join(args for word, args in dockerfile() if word == "RUN" and "pip install" in args)
@@ -442,6 +444,8 @@ def test_compose_nodes_wait_for_a_healthy_persistent_redis_and_get_time_to_drain
     for name, service in node_services(compose).items():
         assert service["depends_on"]["redis"]["condition"] == "service_healthy", name
         assert duration_s(service["stop_grace_period"]) >= grace + STOP_OVERHEAD_S, name
+        # an init as PID 1 (tini in the image; init: true is a harmless second one) reaps orphans
+        assert service["init"] is True, name
         assert service["build"]["context"] == ".." and (DEPLOY / service["build"]["context"] / "Dockerfile").is_file()
 
 
@@ -591,6 +595,7 @@ def test_deployment_runs_three_hardened_non_root_replicas() -> None:
     deployment = secauto_deployment()
     assert deployment["spec"]["replicas"] == 3
     pod = deployment["spec"]["template"]["spec"]
+    assert "shareProcessNamespace" not in pod  # tini in the image reaps what scripts leave behind
     container = secauto_container()
     security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
     assert security["runAsNonRoot"] is True
@@ -684,7 +689,7 @@ async def test_the_image_healthcheck_command_passes_on_a_live_node_and_fails_wit
 @pytest.fixture
 async def draining_node() -> AsyncIterator[tuple[Node, Any]]:
     redis = open_embedded()
-    node = Node(node_settings("drain", server={"shutdown_grace": 3}), redis=redis)
+    node = Node(node_settings("drain", server={"shutdown_grace": 4}), redis=redis)
     await node.start()
     try:
         yield node, redis
@@ -694,12 +699,19 @@ async def draining_node() -> AsyncIterator[tuple[Node, Any]]:
 
 
 async def start_job(node: Node, seconds: float) -> str:
+    """Submit a job that sleeps ``seconds`` and wait until it runs."""
     job = {"playbook": [{"action": "sleep", "seconds": seconds}], "context": {}}
     async with aiohttp.ClientSession(base_url=node.url) as http:
-        async with http.post("/cluster/jobs", json=job, headers=auth()) as response:
-            assert response.status == 200
-            job_id: str = (await response.json())["job_id"]
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
+            while True:  # a loaded machine can make the node answer 503 + Retry-After: retry, as clients do
+                async with http.post("/cluster/jobs", json=job, headers=auth()) as response:
+                    body = await response.json()
+                    if response.status != 503:
+                        break
+                await asyncio.sleep(0.2)
+        assert response.status == 200, body
+        job_id: str = body["job_id"]
+        async with asyncio.timeout(30):
             while True:
                 async with http.get(f"/cluster/jobs/{job_id}", headers=auth()) as response:
                     if (await response.json())["job"]["status"] == "running":
