@@ -28,6 +28,7 @@ from actors.heartbeat import HeartbeatActor
 from actors.messages import Drain, DrainReport, SetStatus, StopClaiming
 from actors.reaper import ReaperActor
 from secauto.api.app import create_app
+from secauto.api.events import EventSource
 from secauto.config import Settings
 from secauto.engine import EngineSettings
 from secauto.metrics import NodeMetrics
@@ -121,7 +122,8 @@ class Node:
         await self.system.spawn(DiscoveryActor(ctx), name="discovery")
         await self.system.spawn(HeartbeatActor(ctx), name="heartbeat")
         await self.system.spawn(ReaperActor(ctx), name="reaper")
-        app = create_app(settings, self.system, engine, self.metrics, cluster_mode=self.cluster_mode)
+        app = create_app(settings, self.system, engine, self.metrics, EventSource(self.redis, keys.channel),
+                         cluster_mode=self.cluster_mode)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.SockSite(self._runner, self._socket).start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -22,6 +22,9 @@ from secauto.api.errors import HTTP_CODES, ApiError, ErrorDetail, error_response
 from secauto.config import Role, Settings
 from secauto.engine import EngineSettings
 from secauto.metrics import NodeMetrics
+
+if TYPE_CHECKING:
+    from secauto.api.events import EventSource
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -184,14 +187,15 @@ def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
 
 def route_modules() -> tuple[Any, ...]:
     """Every module that contributes routes (each has a ROUTES list of (method, path, handler))."""
-    from secauto.api import cluster, dlq, health, jobs, metrics, playbooks
+    from secauto.api import cluster, dlq, events, health, jobs, metrics, playbooks
 
-    return (health, cluster, jobs, dlq, playbooks, metrics)
+    return (health, cluster, jobs, dlq, playbooks, events, metrics)
 
 
-def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, metrics: NodeMetrics, *,
-               cluster_mode: bool) -> web.Application:
+def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, metrics: NodeMetrics,
+               events: EventSource, *, cluster_mode: bool) -> web.Application:
     """Build the application. Raises RuntimeError if a route has no declared role."""
+    from secauto.api import events as events_api
     from secauto.api import playbooks
 
     app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware],
@@ -201,6 +205,7 @@ def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, 
     app[CLUSTER_MODE] = cluster_mode
     app[ENGINE] = engine
     app[METRICS] = metrics
+    app[events_api.EVENTS] = events
     app[playbooks.SYNC_SLOTS] = asyncio.Semaphore(settings.config.cluster.max_concurrent_jobs)
     for module in route_modules():
         for method, path, handler in module.ROUTES:

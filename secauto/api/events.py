@@ -1,0 +1,102 @@
+"""``GET /cluster/events``: the cluster's event channel as Server-Sent Events.
+
+Filters: ``job_id`` (one job's events) and ``type`` (exact, e.g. ``job.completed``, or a family ending
+in a dot, e.g. ``job.``). Each event is sent as ``event: <type>`` / ``id`` / ``data: <the event JSON>``.
+Cancellation (the node stopping) ends the stream and propagates. The subscription survives Redis
+reconnects (the stream stays open; a comment line marks the gap, since
+events published meanwhile are lost, as with any pub/sub subscriber); a comment every 15 s keeps
+proxies from closing an idle stream. The stream ends when the client disconnects or the node stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+from loguru import logger
+from redis.asyncio import Redis
+
+from secauto.api.app import parse_query, requires
+from secauto.models import Event, event_decoder
+from secauto.store.events import RESUBSCRIBED, subscribe
+
+KEEPALIVE_S = 15.0
+
+
+class EventSource(msgspec.Struct, frozen=True):
+    """Where a node's API reads events from."""
+
+    redis: Redis
+    channel: str
+
+
+EVENTS = web.AppKey("events", EventSource)
+
+
+class EventsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    job_id: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    type: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]+(\.[a-z_]*)?$")] | None = None
+
+
+def wanted(event: Event, query: EventsQuery) -> bool:
+    if query.job_id is not None and event.job_id != query.job_id:
+        return False
+    if query.type is None:
+        return True
+    return event.type.startswith(query.type) if query.type.endswith(".") else event.type == query.type
+
+
+@requires("viewer")
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    query = parse_query(request, EventsQuery)
+    source = request.app[EVENTS]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    await response.write(b": connected\n\n")
+    inbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=10_000)
+
+    async def pump() -> None:
+        # A slow client that lets 10,000 events pile up loses the oldest ones rather than the node's memory.
+        async for payload in subscribe(source.redis, source.channel, component="api"):
+            if inbox.full():
+                inbox.get_nowait()
+            inbox.put_nowait(payload)
+
+    reader = asyncio.create_task(pump(), name="sse-subscription")
+    sequence = 0
+    try:
+        first = True
+        while not reader.done():
+            try:
+                payload = await asyncio.wait_for(inbox.get(), timeout=KEEPALIVE_S)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if payload == RESUBSCRIBED:
+                if not first:
+                    await response.write(b": resubscribed after a lost connection; events may be missing\n\n")
+                first = False
+                continue
+            event = event_decoder.decode(payload)
+            if wanted(event, query):
+                sequence += 1
+                await response.write(b"event: " + event.type.encode() + b"\nid: " + str(sequence).encode()
+                                     + b"\ndata: " + payload + b"\n\n")
+        if not reader.cancelled() and reader.exception() is not None:  # it never ends by itself
+            logger.bind(component="api").opt(exception=reader.exception()).error("event stream subscription failed")
+    except ConnectionResetError:
+        logger.bind(component="api").debug("event stream client went away")
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    return response
+
+
+ROUTES = [
+    ("GET", "/cluster/events", stream_events),
+]
