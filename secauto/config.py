@@ -408,9 +408,16 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
     node_id = cluster.node_id or default_node_id(config.server.port)
     if not _NAME_RE.match(node_id):
         raise ConfigError(f"cluster.node_id: {node_id!r} must match {NAME_PATTERN}")
+    from secauto.models import EVENT_TYPES
+
     for index, hook in enumerate(config.webhooks):
-        if urlsplit(hook.url).scheme not in ("http", "https"):
+        parts = urlsplit(hook.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"webhooks[{index}].url: must be an http:// or https:// URL")
+        unknown = sorted(set(hook.events) - EVENT_TYPES)
+        if unknown:
+            raise ConfigError(f"webhooks[{index}].events: unknown event type {unknown[0]!r} "
+                              f"(known: {', '.join(sorted(EVENT_TYPES))})")
     keys = _api_keys(config.security)
     generated = None
     if not keys:

@@ -131,6 +131,10 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 EVENT_VERSION = 1
+EVENT_TYPES = frozenset({
+    "job.submitted", "job.started", "job.completed", "job.failed", "job.retrying", "job.dead_lettered",
+    "job.cancelled", "job.requeued", "node.joined", "node.left", "leader.changed",
+})
 
 
 def make_event(kind: str, **fields: Any) -> Event:

@@ -2,7 +2,7 @@
 
 Start: open the store (Redis, or the embedded store when cluster mode is off), bind the HTTP socket
 (so the node record can name the real port), spawn the actors (executor, dispatcher, discovery,
-heartbeat, reaper), then start serving HTTP.
+heartbeat, webhooks, reaper), then start serving HTTP.
 
 Graceful stop (SIGTERM/SIGINT): stop claiming, let running jobs finish within
 ``server.shutdown_grace``, stop HTTP, stop the actors in reverse start order (the reaper releases
@@ -27,6 +27,7 @@ from actors.executor import ExecutorActor
 from actors.heartbeat import HeartbeatActor
 from actors.messages import Drain, DrainReport, SetStatus, StopClaiming
 from actors.reaper import ReaperActor
+from actors.webhooks import WebhookActor
 from secauto.api.app import create_app
 from secauto.api.events import EventSource
 from secauto.config import Settings
@@ -37,6 +38,7 @@ from secauto.store.connection import open_embedded, open_redis
 from secauto.store.jobs import DispatchPolicy, JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
+from secauto.store.webhooks import WebhookSpec, WebhookStore
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -121,9 +123,14 @@ class Node:
         await self.system.spawn(DispatcherActor(ctx), name="dispatcher")
         await self.system.spawn(DiscoveryActor(ctx), name="discovery")
         await self.system.spawn(HeartbeatActor(ctx), name="heartbeat")
+        webhook_store = WebhookStore(self.redis, keys)
+        configured = [WebhookSpec(id=f"config-{index}", url=hook.url, events=list(hook.events), secret=hook.secret,
+                                  timeout=hook.timeout, retries=hook.retries, source="config")
+                      for index, hook in enumerate(settings.config.webhooks)]
+        await self.system.spawn(WebhookActor(ctx, webhook_store, configured), name="webhooks")
         await self.system.spawn(ReaperActor(ctx), name="reaper")
         app = create_app(settings, self.system, engine, self.metrics, EventSource(self.redis, keys.channel),
-                         cluster_mode=self.cluster_mode)
+                         webhook_store, cluster_mode=self.cluster_mode)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.SockSite(self._runner, self._socket).start()

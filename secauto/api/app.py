@@ -25,6 +25,7 @@ from secauto.metrics import NodeMetrics
 
 if TYPE_CHECKING:
     from secauto.api.events import EventSource
+    from secauto.store.webhooks import WebhookStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -187,16 +188,17 @@ def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
 
 def route_modules() -> tuple[Any, ...]:
     """Every module that contributes routes (each has a ROUTES list of (method, path, handler))."""
-    from secauto.api import cluster, dlq, events, health, jobs, metrics, playbooks
+    from secauto.api import cluster, dlq, events, health, jobs, metrics, playbooks, webhooks
 
-    return (health, cluster, jobs, dlq, playbooks, events, metrics)
+    return (health, cluster, jobs, dlq, playbooks, events, webhooks, metrics)
 
 
 def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, metrics: NodeMetrics,
-               events: EventSource, *, cluster_mode: bool) -> web.Application:
+               events: EventSource, webhook_store: WebhookStore, *, cluster_mode: bool) -> web.Application:
     """Build the application. Raises RuntimeError if a route has no declared role."""
     from secauto.api import events as events_api
     from secauto.api import playbooks
+    from secauto.api import webhooks as webhooks_api
 
     app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware],
                           client_max_size=settings.config.server.max_body_bytes)
@@ -206,6 +208,7 @@ def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, 
     app[ENGINE] = engine
     app[METRICS] = metrics
     app[events_api.EVENTS] = events
+    app[webhooks_api.WEBHOOKS] = webhook_store
     app[playbooks.SYNC_SLOTS] = asyncio.Semaphore(settings.config.cluster.max_concurrent_jobs)
     for module in route_modules():
         for method, path, handler in module.ROUTES:

@@ -17,7 +17,8 @@ class Keys:
     except ``job:<id>`` from :attr:`job_prefix` (the scripts touch jobs they pop from a ZSET)."""
 
     __slots__ = ("capacity", "channel", "cluster", "delayed", "dlq", "job_index", "job_prefix", "leader", "load",
-                 "node_index", "node_prefix", "queue", "recent", "round_robin", "running", "sequence", "tag_running")
+                 "node_index", "node_prefix", "queue", "recent", "round_robin", "running", "sequence", "tag_running",
+                 "webhook_claim_prefix", "webhooks")
 
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
@@ -52,6 +53,11 @@ class Keys:
         # LIST of the latest attempt ends, "end_ms status node duration_ms", capped at RECENT_MAX, for
         # GET /cluster/stats.
         self.recent = f"{PREFIX}:recent:{cluster}"
+        # HASH webhook id -> JSON (webhooks added through the API; config ones live in config.yaml).
+        # Bounded by what admins add.
+        self.webhooks = f"{PREFIX}:webhooks:{cluster}"
+        # STRING per (webhook, event): the node delivering it, SET NX, TTL 1 h (one delivery per event).
+        self.webhook_claim_prefix = f"{PREFIX}:webhook-claim:{cluster}:"
         # STRING counter giving FIFO order inside a priority. One integer.
         self.sequence = f"{PREFIX}:seq:{cluster}"
         # STRING leader lease "<node_id>:<token>", PX election_timeout.

@@ -1,0 +1,175 @@
+"""WebhookActor: delivers cluster events to webhooks.
+
+Each delivery is a JSON POST of the event (the exact bytes published on the event channel) with
+``X-SecAuto-Event`` (its type), ``X-SecAuto-Delivery`` (a unique id), ``X-SecAuto-Timestamp`` (Unix
+seconds) and, for a webhook with a secret, ``X-SecAuto-Signature: sha256=<hex HMAC-SHA256 of
+"timestamp.body">``. TLS certificates are verified. A failure or non-2xx answer is retried
+``retries`` times with exponential backoff (1 s, 2 s, 4 s ... capped at 60 s). Every node hears every
+event; a Redis ``SET NX`` per (webhook, event) lets exactly one of them deliver it.
+
+The actor subscribes to the event channel only while at least one webhook exists. Webhooks come from
+``config.yaml`` and from the API (stored in Redis, re-read every few seconds and at once after a change
+on this node). Deliveries run in an aiojobs scheduler (at most 32 at a time, 10,000 waiting; beyond
+that new deliveries are dropped with an error log). Secrets and URLs' query strings are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import aiojobs
+import msgspec
+from loguru import logger
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from actors.context import NodeContext
+from actors.core import Actor
+from secauto.models import Event, event_decoder
+from secauto.store.events import RESUBSCRIBED, subscribe
+from secauto.store.webhooks import WebhookSpec, WebhookStore
+
+REFRESH_S = 5.0
+BACKOFF_CAP_S = 60.0
+
+
+class RefreshWebhooks(msgspec.Struct, frozen=True):
+    """Tell or timer: re-read the stored webhooks."""
+
+
+class ListWebhooks(msgspec.Struct, frozen=True):
+    """Ask: every webhook this node delivers to (config and API)."""
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``X-SecAuto-Signature`` value: ``sha256=`` + hex HMAC-SHA256 of ``timestamp.body``."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _where(url: str) -> str:
+    """A URL fit for logs: scheme, host and path, without credentials or query (they may be secret)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+class WebhookActor(Actor):
+    def __init__(self, ctx: NodeContext, store: WebhookStore, configured: list[WebhookSpec]) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.configured = configured
+        self.hooks: list[WebhookSpec] = list(configured)
+        self._session: aiohttp.ClientSession | None = None
+        self._scheduler: aiojobs.Scheduler | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self.log = logger.bind(component="webhooks", node_id=ctx.node_id)
+
+    async def on_start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._scheduler = aiojobs.Scheduler(limit=32, pending_limit=10_000, close_timeout=2.0)
+        self.start_timer("refresh", REFRESH_S, RefreshWebhooks(), initial_delay=0.0)
+        self._listener = None
+        self._follow_events()
+
+    async def on_stop(self) -> None:
+        if self._scheduler is not None:
+            await self._scheduler.close()  # deliveries still retrying are given up at shutdown
+            self._scheduler = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def receive(self, message: Any) -> Any:
+        match message:
+            case RefreshWebhooks():
+                await self._refresh()
+            case ListWebhooks():
+                return list(self.hooks)
+            case _:
+                raise TypeError(f"webhooks got an unexpected message {message!r}")
+        return None
+
+    async def _refresh(self) -> None:
+        try:
+            stored = await self.store.all()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self.log.warning("cannot read stored webhooks ({}); keeping the current list", exc)
+            return
+        self.hooks = [*self.configured, *stored]
+        self._follow_events()
+
+    def _follow_events(self) -> None:
+        """Subscribe while there are webhooks; unsubscribe when the last one is gone."""
+        if self.hooks and self._listener is None:
+            self._listener = self.run_task(self._listen(), name="webhook-events")
+        elif not self.hooks and self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+
+    async def _listen(self) -> None:
+        async for payload in subscribe(self.ctx.queue.redis, self.ctx.queue.keys.channel, component="webhooks"):
+            if payload == RESUBSCRIBED:
+                continue
+            event = event_decoder.decode(payload)
+            for hook in self.hooks:
+                if not hook.events or event.type in hook.events:
+                    await self._schedule(hook, event, payload)
+
+    async def _schedule(self, hook: WebhookSpec, event: Event, payload: bytes) -> None:
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        if scheduler.pending_count >= scheduler.pending_limit:
+            self.log.error("webhook {}: {} deliveries waiting; dropping {} {}", hook.id, scheduler.pending_count,
+                           event.type, event.job_id or "")
+            self.ctx.metrics.webhook_deliveries.labels(outcome="dropped").inc()
+            return
+        await scheduler.spawn(self._deliver(hook, event, payload))
+
+    async def _deliver(self, hook: WebhookSpec, event: Event, payload: bytes) -> None:
+        """Deliver one event to one webhook, if this node wins the claim; retry with backoff."""
+        try:
+            if not await self.store.claim_delivery(hook.id, payload, self.ctx.node_id):
+                return  # another node delivers this one
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self.log.warning("webhook {}: cannot claim {} ({}); another node may deliver it", hook.id,
+                             event.type, exc)
+            return
+        assert self._session is not None
+        delivery = uuid.uuid4().hex
+        log = self.log.bind(job_id=event.job_id, webhook=hook.id, delivery=delivery)
+        metrics = self.ctx.metrics.webhook_deliveries
+        problem = ""
+        for attempt in range(hook.retries + 1):
+            if attempt:
+                metrics.labels(outcome="retried").inc()
+                await asyncio.sleep(min(BACKOFF_CAP_S, 2.0 ** (attempt - 1)))
+            timestamp = str(int(time.time()))
+            headers = {"Content-Type": "application/json", "User-Agent": "secauto-webhooks",
+                       "X-SecAuto-Event": event.type, "X-SecAuto-Delivery": delivery,
+                       "X-SecAuto-Timestamp": timestamp}
+            if hook.secret:
+                headers["X-SecAuto-Signature"] = signature(hook.secret, timestamp, payload)
+            try:
+                async with self._session.post(hook.url, data=payload, headers=headers,
+                                              timeout=aiohttp.ClientTimeout(total=hook.timeout)) as response:
+                    if 200 <= response.status < 300:
+                        metrics.labels(outcome="delivered").inc()
+                        log.info("webhook delivered: {} to {} ({}, attempt {})", event.type, _where(hook.url),
+                                 response.status, attempt + 1)
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("webhook delivery of {} to {} failed ({}), attempt {} of {}", event.type, _where(hook.url),
+                        problem, attempt + 1, hook.retries + 1)
+        metrics.labels(outcome="failed").inc()
+        log.error("webhook delivery of {} to {} given up after {} attempts ({})", event.type, _where(hook.url),
+                  hook.retries + 1, problem)
