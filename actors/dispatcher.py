@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
-from actors.core import Actor
+from actors.core import Actor, ActorDeadError
 from actors.messages import (
     CancelJob,
     ForgetJob,
@@ -144,8 +144,9 @@ class DispatcherActor(Actor):
 
     def _forward_membership(self, payload: bytes) -> None:
         """The node's one subscription also feeds discovery (membership and leadership events)."""
-        # Before discovery is spawned there is nobody to tell: it reads the registry when it starts.
-        with contextlib.suppress(KeyError):
+        # Before discovery is spawned, or once it stopped (shutdown), there is nobody to tell; it reads the
+        # registry when it starts.
+        with contextlib.suppress(KeyError, ActorDeadError):
             self.system.get(self.discovery_name).tell(MembershipEvent(payload))
 
     async def _claim(self) -> None:

@@ -61,6 +61,8 @@ class ExecutorActor(Actor):
         self.failed = 0
         self._scheduler: aiojobs.Scheduler | None = None
         self._finishes: asyncio.Queue[tuple[FinishRequest, asyncio.Future[bool]]] = asyncio.Queue()
+        self._finishing: set[str] = set()  # attempts whose end is being written (their lease may be gone)
+        self._recovered_previous_run = False
         self._idle = asyncio.Event()
         self._idle.set()
         self.log = logger.bind(component="executor", node_id=ctx.node_id)
@@ -99,7 +101,13 @@ class ExecutorActor(Actor):
 
     async def _recover_previous_incarnation(self) -> None:
         """A node restarting under the same id takes its previous incarnation's jobs off at once
-        (they count as lost with their node) instead of leaving them to wait for lease expiry."""
+        (they count as lost with their node) instead of leaving them to wait for lease expiry.
+
+        Only at the node's start: after a supervised restart of this actor, the jobs assigned to this
+        node are its own running ones, not a previous run's."""
+        if self._recovered_previous_run:
+            return
+        self._recovered_previous_run = True
         try:
             recovery = await self.ctx.queue.recover(leader_token="", mode="nodes", cause="node restarted",
                                                     nodes=[self.ctx.node_id], check_records=False)
@@ -137,15 +145,18 @@ class ExecutorActor(Actor):
             except _REDIS_ERRORS as exc:
                 self.log.warning("lease renewal failed, retrying on the next tick: {}", exc)
                 continue
+            # An attempt whose end is being written has left the running set in Redis already.
+            lost = [job_id for job_id in lost if job_id not in self._finishing]
             if lost:
-                self.ref.tell(StopAttempts(lost, "lease lost (finished, cancelled or taken over elsewhere)"))
+                self.ref.tell(StopAttempts(lost, "lease lost (cancelled or taken over elsewhere)"))
 
     async def _drain(self, grace: float) -> DrainReport:
         before = self.completed + self.failed
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace)
-        except TimeoutError:
-            self.log.warning("{} job(s) still running after the {:g}s grace period", len(self.running), grace)
+        if self.running:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            except TimeoutError:
+                self.log.warning("{} job(s) still running after the {:g}s grace period", len(self.running), grace)
         leftover = {job_id: entry.job.attempt for job_id, entry in self.running.items()}
         for entry in list(self.running.values()):
             await entry.task.close()
@@ -174,7 +185,8 @@ class ExecutorActor(Actor):
             outcome = final.status if written else None
             if written:
                 self._count(final, result, time.monotonic() - started)
-                log.info("Job {} in {:.3f}s{}", final.status, time.monotonic() - started,
+                ended = {"completed": "completed", "retry": "failed, retry scheduled", "dead": "failed"}[result]
+                log.info("Job {} in {:.3f}s{}", ended, time.monotonic() - started,
                          f" ({final.error})" if final.error else "")
             else:
                 log.warning("result refused: this node no longer holds attempt {}", job.attempt)
@@ -237,6 +249,7 @@ class ExecutorActor(Actor):
         request = FinishRequest(job=final, outcome=outcome, event=event, backoff_ms=backoff, extra_event=extra,
                                 duration_ms=int(duration * 1000))
         written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finishing.add(job.id)
         self._finishes.put_nowait((request, written))
         return await written
 
@@ -259,10 +272,12 @@ class ExecutorActor(Actor):
                     continue
                 except Exception as exc:
                     for _, done in batch:  # a script error: each waiting attempt sees it
-                        done.set_exception(exc)
+                        if not done.done():
+                            done.set_exception(exc)
                     break
                 for (_, done), written in zip(batch, outcomes, strict=True):
-                    done.set_result(written)
+                    if not done.done():  # its attempt may have been stopped while the batch was in flight
+                        done.set_result(written)
                 break
 
     def _count(self, final: Job, outcome: FinishOutcome, duration: float) -> None:
@@ -280,6 +295,7 @@ class ExecutorActor(Actor):
 
     def _finished(self, job_id: str, outcome: str | None) -> None:
         self.running.pop(job_id, None)
+        self._finishing.discard(job_id)
         if outcome == "completed":
             self.completed += 1
         elif outcome in ("failed", "pending"):  # pending: failed attempt, retry scheduled

@@ -1,8 +1,9 @@
 """The ``secauto`` command line.
 
 ``secauto serve`` runs a node until SIGTERM/SIGINT. ``secauto run PLAYBOOK`` runs a playbook locally
-(no server, no Redis) and prints the result; ``secauto validate PLAYBOOK`` checks one. Exit codes:
-0 success, 1 the playbook or node failed, 2 bad usage, configuration or playbook file.
+(no server, no Redis) and prints the result; ``secauto validate PLAYBOOK`` checks one. The client
+commands (``submit``, ``jobs``, ``cluster``, ``dlq``, ``events``) are in :mod:`secauto.client_cli`.
+Exit codes: 0 success, 1 the playbook or node failed, 2 bad usage, configuration or playbook file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import msgspec
 
 from secauto import __version__
+from secauto.client_cli import CLIENT_COMMANDS, add_client_commands, run_client_command
 from secauto.config import CliOverrides, ConfigError, LoggingConfig, Settings, find_config_file, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -41,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a playbook without running it")
     validate.add_argument("playbook", help="playbook file (YAML or JSON)")
     validate.add_argument("--config", help="config file for the engine section")
+
+    add_client_commands(commands)
     return parser
 
 
@@ -127,6 +131,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     handlers = {"serve": _serve, "run": _run, "validate": _validate}
     try:
         return handlers[args.command](args)

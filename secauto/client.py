@@ -17,9 +17,10 @@ expected JSON, and also when the node cannot be reached (``status`` 0, ``code``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import msgspec
@@ -188,6 +189,58 @@ class SecautoClient:
             if left <= 0:
                 raise TimeoutError(f"job {job_id} still {job.get('status')!r} after {timeout:g}s")
             await asyncio.sleep(min(poll, left))
+
+    async def list_jobs(self, *, status: str | None = None, tag: str | None = None, node: str | None = None,
+                        limit: int = 50, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``GET /cluster/jobs`` (job summaries, newest first) and the cursor of the next
+        page (None at the end)."""
+        query = {key: value for key, value in (("status", status), ("tag", tag), ("node", node),
+                                               ("limit", str(limit)), ("cursor", cursor)) if value is not None}
+        answer = await self._request("GET", "/cluster/jobs?" + urlencode(query))
+        cursor_next = answer.get("next_cursor")
+        return list(self._field(answer, "jobs", list)), cursor_next if isinstance(cursor_next, str) else None
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """``DELETE /cluster/jobs/{id}``; raises :class:`SecautoError` 404/409 when it cannot."""
+        return await self._request("DELETE", f"/cluster/jobs/{quote(job_id, safe='')}")
+
+    async def retry(self, job_id: str) -> dict[str, Any]:
+        """``POST /cluster/jobs/{id}/retry`` for a failed or cancelled job."""
+        return await self._request("POST", f"/cluster/jobs/{quote(job_id, safe='')}/retry")
+
+    async def dead_letters(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """``GET /cluster/dlq``: ``{size, offset, jobs}``."""
+        answer = await self._request("GET", f"/cluster/dlq?limit={limit}&offset={offset}")
+        return dict(self._field(answer, "dlq", dict))
+
+    async def requeue_dead_letter(self, job_id: str) -> dict[str, Any]:
+        return await self._request("POST", f"/cluster/dlq/{quote(job_id, safe='')}/requeue")
+
+    async def delete_dead_letter(self, job_id: str) -> dict[str, Any]:
+        return await self._request("DELETE", f"/cluster/dlq/{quote(job_id, safe='')}")
+
+    async def events(self, *, job_id: str | None = None, kind: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Follow ``GET /cluster/events`` (Server-Sent Events) and yield each event as a dict, until the
+        node closes the stream. Raises :class:`SecautoError` for an error answer or a lost connection;
+        the request timeout does not apply to the stream."""
+        if self._session is None:
+            raise RuntimeError("SecautoClient is not open: use `async with SecautoClient(...) as client`")
+        query = urlencode({key: value for key, value in (("job_id", job_id), ("type", kind)) if value})
+        try:
+            async with self._session.get(f"{self.url}/cluster/events?{query}",
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as response:
+                if response.status != 200:
+                    raw = await response.read()
+                    answer = _decode(raw) if raw.startswith(b"{") else {}
+                    error = answer.get("error") if isinstance(answer, dict) else None
+                    error = error if isinstance(error, dict) else {}
+                    raise SecautoError(response.status, str(error.get("code") or "error"),
+                                       str(error.get("message") or f"HTTP {response.status}"))
+                async for line in response.content:
+                    if line.startswith(b"data: "):
+                        yield dict(_decode(line[6:]))
+        except aiohttp.ClientError as exc:
+            raise SecautoError(0, "connection_error", f"event stream: {exc or type(exc).__name__}") from exc
 
     # -- cluster and health ---------------------------------------------------------------------------
 

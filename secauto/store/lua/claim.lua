@@ -81,7 +81,8 @@ for _, id in ipairs(candidates) do
   if not h or tok_str(h.status) ~= 'pending' then
     -- A leftover (cancelled, expired or unreadable): it does not belong in the queue.
     redis.call('ZREM', queue, id)
-  elseif tok_str(h.avoid_node) == node and now < tonumber(h.avoid_until) then
+  elseif #names > 1 and tok_str(h.avoid_node) == node and now < tonumber(h.avoid_until) then
+    -- (with no other active node, avoiding this one would only delay the retry)
     recheck_in(tonumber(h.avoid_until) - now)
   else
     local tags = job_tags(h)
