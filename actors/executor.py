@@ -15,8 +15,9 @@ Redis is unreachable, the batch is retried with backoff until it lands; an attem
 drops out of it.
 
 Job tasks update the executor's bookkeeping (running set, counters) directly when they end: they run
-on the actor's event loop, so this is race-free, and it lets ``Drain`` (which waits inside ``receive``)
-see jobs finish.
+on the actor's event loop, so this is race-free, and the counters are current whenever they are asked
+for. Nothing here waits inside ``receive`` for jobs to end: the mailbox stays responsive during a
+graceful stop (the heartbeat keeps asking for stats), and the node polls the stats to drain.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError
-from actors.messages import Drain, DrainReport, ExecutorStats, GetStats, JobsFinished, RunJobs, StopAttempts
+from actors.messages import ExecutorStats, GetStats, HandBack, JobsFinished, RunJobs, StopAttempts
 from secauto.engine import PlaybookInvalid, run_playbook
 from secauto.models import Attempt, Job, make_event, utc_now
 from secauto.store.jobs import FinishOutcome, FinishRequest
@@ -63,8 +64,6 @@ class ExecutorActor(Actor):
         self._finishes: asyncio.Queue[tuple[FinishRequest, asyncio.Future[bool]]] = asyncio.Queue()
         self._finishing: set[str] = set()  # attempts whose end is being written (their lease may be gone)
         self._recovered_previous_run = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.log = logger.bind(component="executor", node_id=ctx.node_id)
 
     async def on_start(self) -> None:
@@ -93,8 +92,8 @@ class ExecutorActor(Actor):
                 await self._stop_attempts(job_ids, reason)
             case GetStats():
                 return self.stats()
-            case Drain(grace=grace):
-                return await self._drain(grace)
+            case HandBack():
+                return await self._hand_back()
             case _:
                 raise TypeError(f"executor got an unexpected message {message!r}")
         return None
@@ -119,7 +118,6 @@ class ExecutorActor(Actor):
 
     async def _start(self, job: Job) -> None:
         assert self._scheduler is not None
-        self._idle.clear()
         task = await self._scheduler.spawn(self._run(job))
         self.running[job.id] = _Running(job, task)
         self.ctx.metrics.jobs_running.set(len(self.running))
@@ -150,23 +148,19 @@ class ExecutorActor(Actor):
             if lost:
                 self.ref.tell(StopAttempts(lost, "lease lost (cancelled or taken over elsewhere)"))
 
-    async def _drain(self, grace: float) -> DrainReport:
-        before = self.completed + self.failed
-        if self.running:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout=grace)
-            except TimeoutError:
-                self.log.warning("{} job(s) still running after the {:g}s grace period", len(self.running), grace)
-        leftover = {job_id: entry.job.attempt for job_id, entry in self.running.items()}
-        for entry in list(self.running.values()):
-            await entry.task.close()
-        handed_back = 0
-        if leftover:
-            try:
-                handed_back = await self.ctx.queue.handback(self.ctx.node_id, leftover)
-            except _REDIS_ERRORS as exc:
-                self.log.error("could not hand back {} job(s) ({}); their leases will expire", len(leftover), exc)
-        return DrainReport(finished=self.completed + self.failed - before, handed_back=handed_back)
+    async def _hand_back(self) -> int:
+        """Stop what still runs and give those jobs back to the queue (not counted as failed attempts)."""
+        leftover = {job_id: entry.job.attempt for job_id, entry in self.running.items()
+                    if job_id not in self._finishing}
+        for job_id in leftover:
+            await self.running[job_id].task.close()
+        if not leftover:
+            return 0
+        try:
+            return await self.ctx.queue.handback(self.ctx.node_id, leftover)
+        except _REDIS_ERRORS as exc:
+            self.log.error("could not hand back {} job(s) ({}); their leases will expire", len(leftover), exc)
+            return 0
 
     async def _run(self, job: Job) -> None:
         """One attempt of ``job``: run the playbook, then record how it ended (fenced).
@@ -300,8 +294,6 @@ class ExecutorActor(Actor):
             self.completed += 1
         elif outcome in ("failed", "pending"):  # pending: failed attempt, retry scheduled
             self.failed += 1
-        if not self.running:
-            self._idle.set()
         self.ctx.metrics.jobs_running.set(len(self.running))
         self.ctx.metrics.node_load.set(self.stats().load)
         try:

@@ -3,7 +3,9 @@
 Every ``heartbeat_interval`` it writes the node record with a TTL of 3 intervals, so a node that
 misses three heartbeats disappears from the registry by itself. ``node.joined`` is published on the
 first successful write and ``node.left`` when the actor stops (after the record is deleted). A failed
-write is logged and retried on the next tick; it never crashes the actor.
+write is logged and retried on the next tick; it never crashes the actor. With Redis Sentinel it also
+asks the sentinels every second where the primary is, so that a failover moves the node's
+connections at once rather than when the old primary is demoted.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor
-from actors.messages import Beat, CheckHealth, ExecutorStats, GetStats, HealthReport, SetStatus
+from actors.messages import Beat, CheckHealth, CheckPrimary, ExecutorStats, GetStats, HealthReport, SetStatus
 from secauto import __version__
 from secauto.models import NodeInfo, format_timestamp, make_event
+from secauto.store.connection import follow_failover
 
 CAPABILITIES = ["playbook_execution", "job_processing"]
 MISSED_BEATS_ALLOWED = 3
+PRIMARY_CHECK_S = 1.0  # with Sentinel: how often to ask where the Redis primary is
 
 
 class HeartbeatActor(Actor):
@@ -38,6 +42,8 @@ class HeartbeatActor(Actor):
 
     async def on_start(self) -> None:
         self.start_timer("beat", self.ctx.heartbeat_interval, Beat(), initial_delay=0.0)
+        if self.ctx.settings.redis.sentinels:
+            self.start_timer("primary", PRIMARY_CHECK_S, CheckPrimary())
 
     async def on_stop(self) -> None:
         if not self.joined:
@@ -57,6 +63,8 @@ class HeartbeatActor(Actor):
                 await self._beat()
             case CheckHealth():
                 return await self._check_health()
+            case CheckPrimary():
+                await self._check_primary()
             case _:
                 raise TypeError(f"heartbeat got an unexpected message {message!r}")
         return None
@@ -86,6 +94,15 @@ class HeartbeatActor(Actor):
             if self.last_error is None:
                 self.log.error("heartbeat failed, Redis unreachable: {}", exc)
             self.last_error = f"Redis unreachable: {exc}"
+
+    async def _check_primary(self) -> None:
+        try:
+            moved_to = await follow_failover(self.ctx.queue.redis)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self.log.warning("cannot ask the sentinels for the primary: {}", exc)
+            return
+        if moved_to is not None:
+            self.log.warning("Redis primary moved to {} (Sentinel failover); reconnecting", moved_to)
 
     async def _check_health(self) -> HealthReport:
         try:

@@ -103,16 +103,9 @@ class ExecutorStats(msgspec.Struct, frozen=True):
         return round(self.running / self.capacity, 4) if self.capacity else 0.0
 
 
-class Drain(msgspec.Struct, frozen=True):
-    """Ask: wait up to ``grace`` seconds for running jobs, then stop the rest and hand them back to the
-    queue. Answers a DrainReport."""
-
-    grace: float
-
-
-class DrainReport(msgspec.Struct, frozen=True):
-    finished: int  # jobs that ended during the grace period
-    handed_back: int
+class HandBack(msgspec.Struct, frozen=True):
+    """Ask (graceful stop, after the grace period): stop the attempts still running and hand their
+    jobs back to the queue. Answers the number handed back."""
 
 
 # --- Heartbeat ----------------------------------------------------------------------------------
@@ -124,6 +117,10 @@ class SetStatus(msgspec.Struct, frozen=True):
     """Ask: change the status in the node record (``draining`` at shutdown) and publish it now."""
 
     status: str
+
+
+class CheckPrimary(msgspec.Struct, frozen=True):
+    """Timer (Sentinel only): has the Redis primary moved?"""
 
 
 class CheckHealth(msgspec.Struct, frozen=True):

@@ -25,7 +25,7 @@ from actors.discovery import DiscoveryActor
 from actors.dispatcher import DispatcherActor
 from actors.executor import ExecutorActor
 from actors.heartbeat import HeartbeatActor
-from actors.messages import Drain, DrainReport, SetStatus, StopClaiming
+from actors.messages import ExecutorStats, GetStats, HandBack, SetStatus, StopClaiming
 from actors.reaper import ReaperActor
 from actors.webhooks import WebhookActor
 from secauto.api.app import create_app
@@ -144,9 +144,10 @@ class Node:
                 await dispatcher.ask(StopClaiming(), timeout=5.0)
                 if heartbeat is not None:  # placement stops counting on this node's slots
                     await heartbeat.ask(SetStatus("draining"), timeout=5.0)
-                report: DrainReport = await executor.ask(Drain(grace), timeout=grace + 10.0)
-                if report.handed_back:
-                    self.log.warning("{} unfinished job(s) handed back to the queue", report.handed_back)
+                await self._wait_idle(executor, grace)
+                handed_back = await executor.ask(HandBack(), timeout=15.0)
+                if handed_back:
+                    self.log.warning("{} unfinished job(s) handed back to the queue", handed_back)
             except Exception:
                 self.log.exception("draining failed; stopping anyway")
         if self._runner is not None:
@@ -160,6 +161,20 @@ class Node:
             await self._redis.aclose()
             self._redis = None
         self.log.info("node stopped")
+
+    async def _wait_idle(self, executor: ActorRef, grace: float) -> None:
+        """Let running jobs finish for up to ``grace`` seconds (polling, so the executor keeps answering
+        the heartbeat's questions meanwhile: the node record must stay fresh while it drains)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while True:
+            stats: ExecutorStats = await executor.ask(GetStats(), timeout=5.0)
+            if stats.running == 0:
+                return
+            if loop.time() >= deadline:
+                self.log.warning("{} job(s) still running after the {:g}s grace period", stats.running, grace)
+                return
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
 
     def _actor(self, name: str) -> ActorRef | None:
         try:

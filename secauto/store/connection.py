@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,3 +46,22 @@ def open_embedded() -> Redis:
 
     client: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), lua_modules=set())
     return client
+
+
+async def follow_failover(redis: Redis) -> str | None:
+    """With Sentinel: ask the sentinels where the primary is now and, if it moved, drop the idle
+    connections so that the next commands go to the new primary. Returns ``host:port`` when it moved.
+
+    redis-py only asks the sentinels when it opens a connection, and a demoted primary accepts writes
+    until Sentinel reconfigures it (seconds later): without this, a node keeps writing to the old
+    primary, and those writes are lost when it resynchronises. Raises redis-py's connection errors when
+    no sentinel answers. Does nothing (None) without Sentinel.
+    """
+    pool = redis.connection_pool
+    if not isinstance(pool, SentinelConnectionPool):
+        return None
+    before = pool.master_address
+    after = await pool.get_master_address()  # type: ignore[no-untyped-call]
+    if before is None or after == before:
+        return None
+    return f"{after[0]}:{after[1]}"

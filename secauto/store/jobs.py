@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from secauto.models import Event, Job, job_decoder, json_encoder, utc_now
 from secauto.store.keys import RECENT_MAX, Keys
@@ -64,8 +66,10 @@ class Recovery(msgspec.Struct, frozen=True):
         return self.requeued + self.failed + self.quarantined
 
 
-class DurabilityError(Exception):
-    """A durable submission was stored but not acknowledged by enough replicas in time."""
+class DurabilityError(RedisConnectionError):
+    """A durable submission was not acknowledged by enough replicas in time (or reached a primary
+    that is being demoted). A subclass of redis-py's ConnectionError: callers treat it as Redis being
+    unavailable (the API answers 503 with Retry-After)."""
 
 
 class JobQueue:
@@ -99,10 +103,16 @@ class JobQueue:
             args += [job.id, json_encoder.encode(job), json_encoder.encode(event), max(0, delay)]
         if not durable_replicas:
             return int(await self._scripts.submit(keys=keys, args=args))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._scripts.submit(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", durable_replicas, durable_timeout_ms)
-            stored, acked = await pipe.execute()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._scripts.submit(keys=keys, args=args, client=pipe)
+                pipe.execute_command("WAIT", durable_replicas, durable_timeout_ms)
+                stored, acked = await pipe.execute()
+        except (ReadOnlyError, ResponseError) as exc:
+            # "WAIT cannot be used with replica instances": we are talking to a demoted primary.
+            if isinstance(exc, ReadOnlyError) or "replica" in str(exc).lower():
+                raise DurabilityError(f"the Redis primary is changing ({exc})") from exc
+            raise
         if int(acked) < durable_replicas:
             raise DurabilityError(f"only {acked} of {durable_replicas} replica(s) acknowledged in time")
         return int(stored)

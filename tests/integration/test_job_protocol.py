@@ -188,11 +188,15 @@ async def test_poison_job_is_quarantined_after_two_lost_nodes(client: redis.asyn
 
 
 async def test_retry_goes_to_another_node_first(client: redis.asyncio.Redis) -> None:
-    queue = JobQueue(client, Keys(CLUSTER), RetentionPolicy(avoid_ms=60_000))
+    keys = Keys(CLUSTER)
+    queue = JobQueue(client, keys, RetentionPolicy(avoid_ms=60_000))
     await submit(queue, job())
     [claimed] = await queue.claim("n1", 1, 60_000)
     retry = msgspec.structs.replace(claimed, status="pending", assigned_to=None, retry_count=1)
     assert await queue.finish(retry, "n1", "retry", make_event("job.retrying"), backoff_ms=0)
+    # Alone, n1 takes its own retry at once; with another active node it leaves it to that one.
+    await client.hset(keys.capacity, "n2", 10)
+    await client.set(keys.node("n2"), b"{}")
     assert await queue.claim("n1", 1, 60_000) == []  # n1 is avoided while others may take it
     [again] = await queue.claim("n2", 1, 60_000)
     assert (again.id, again.attempt, again.retry_count) == (claimed.id, 2, 1)
@@ -278,3 +282,25 @@ async def test_record_header_rejects_foreign_json(client: redis.asyncio.Redis) -
             keys=[keys.queue, keys.sequence, keys.delayed, keys.capacity, keys.round_robin, keys.job("x")],
             args=[keys.channel, keys.node_prefix, "least_loaded", "x", bad, b"{}", 0])
     assert await client.get(queue.keys.job("x")) is None
+
+
+async def test_a_lone_node_takes_its_own_retry_at_once(client: redis.asyncio.Redis) -> None:
+    queue = JobQueue(client, Keys(CLUSTER), RetentionPolicy(avoid_ms=60_000))
+    await submit(queue, job())
+    [claimed] = await queue.claim("n1", 1, 60_000)
+    retry = msgspec.structs.replace(claimed, status="pending", assigned_to=None, retry_count=1)
+    assert await queue.finish(retry, "n1", "retry", make_event("job.retrying"), backoff_ms=0)
+    [again] = await queue.claim("n1", 1, 60_000)
+    assert again.attempt == 2
+
+
+async def test_a_recovered_job_goes_to_the_front_of_its_band(client: redis.asyncio.Redis) -> None:
+    queue = JobQueue(client, Keys(CLUSTER), RetentionPolicy(backoff_base_ms=1, backoff_cap_ms=1, avoid_ms=0))
+    first = job()
+    await submit(queue, first)
+    await queue.claim("gone", 1, 60_000)
+    await submit(queue, job(), job())
+    await queue.recover(leader_token="", mode="nodes", cause="node lost", nodes=["gone"], check_records=False)
+    await asyncio.sleep(0.01)
+    [head] = await queue.claim("n2", 1, 60_000)
+    assert head.id == first.id and head.retry_count == 1

@@ -46,6 +46,7 @@ elseif outcome == 'retry' then
   end
 elseif outcome == 'dead' then
   redis.call('SET', job_key, ARGV[4], 'EX', ARGV[11])
+  expire_dead(dlq, now, ARGV[11])
   redis.call('ZADD', dlq, now, id)
   for _, old in ipairs(trim_oldest(dlq, tonumber(ARGV[10]))) do redis.call('DEL', ARGV[13] .. old) end
 else

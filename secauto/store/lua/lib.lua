@@ -85,6 +85,11 @@ local function backoff_ms(n, base, cap)
   return math.floor(delay * (0.5 + (micros % 1000) / 2000))
 end
 
+-- Drop dead-letter entries older than the retention (their records expired with it).
+local function expire_dead(dlq, now, retention_s)
+  redis.call('ZREMRANGEBYSCORE', dlq, '-inf', now - tonumber(retention_s) * 1000)
+end
+
 -- Cap a ZSET (oldest first out); returns the members removed.
 local function trim_oldest(key, cap)
   local excess = redis.call('ZCARD', key) - cap
@@ -122,7 +127,9 @@ local function promote_due(delayed, queue, sequence, prefix, now)
     if h and tok_str(h.status) == 'pending' then
       h.enqueued_at = string.format('%d', now)
       redis.call('SET', key, format_header(h, rest), 'KEEPTTL')
-      redis.call('ZADD', queue, queue_score(tonumber(h.priority), redis.call('INCR', sequence)), id)
+      -- A retry already waited its turn once: it goes to the front of its priority band.
+      local seq = tonumber(h.retry_count) > 0 and 0 or redis.call('INCR', sequence)
+      redis.call('ZADD', queue, queue_score(tonumber(h.priority), seq), id)
     end
   end
   return #due

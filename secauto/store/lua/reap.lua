@@ -71,6 +71,7 @@ for _, target in ipairs(targets) do
       h.reason = jstr(reason)
       h.completed_at = jstr(now_iso)
       redis.call('SET', key, format_header(h, rest), 'EX', dlq_retention)
+      expire_dead(dlq, now, dlq_retention)
       redis.call('ZADD', dlq, now, id)
       for _, old in ipairs(trim_oldest(dlq, dlq_cap)) do redis.call('DEL', prefix .. old) end
       redis.call('PUBLISH', channel, event('job.failed', now_iso, id, lost_on, 'failed', attempt, message, reason))
