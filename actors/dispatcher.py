@@ -1,11 +1,13 @@
 """DispatcherActor: accepts submissions and claims work for this node while it has free slots.
 
-It wakes on ``job.submitted``/``job.retrying``/``job.requeued`` events (pub/sub), when the executor frees slots, and on
-a slow poll that only covers lost notifications. It never claims more jobs than free slots, so no job
-waits behind a busy node (no prefetch). Redis errors during a claim are logged and retried on the next
-wake-up or poll; they never crash the actor. It also forwards ``job.cancelled`` events that name this
-node to the executor, which stops that attempt, and membership events to discovery: a node keeps one
-subscription to the event channel, however many actors care about events.
+It wakes on the control channel's ``wake`` (published when jobs are submitted, retried or requeued),
+when the executor frees slots, and on a slow poll that only covers lost notifications. It never claims
+more jobs than free slots, so no job waits behind a busy node (no prefetch). Redis errors during a
+claim are logged and retried on the next wake-up or poll; they never crash the actor. It also forwards
+``job.cancelled`` events that name this node to the executor, which stops that attempt, and
+membership events to discovery: a node keeps one subscription to the control channel, however many
+actors care. (The public event channel carries 3 events per job; with every node decoding all of
+them, nodes would spend their CPU on other nodes' jobs.)
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from actors.messages import (
 from secauto.models import event_decoder, make_event
 from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
 
-_WAKE_PREFIXES = (event_prefix("job.submitted"), event_prefix("job.retrying"), event_prefix("job.requeued"))
+WAKE = b"wake"  # on the control channel: jobs became claimable (see store/lua/lib.lua)
 _CANCELLED = event_prefix("job.cancelled")
 _MEMBERSHIP_PREFIXES = (event_prefix("node."), event_prefix("leader."))
 
@@ -131,9 +133,9 @@ class DispatcherActor(Actor):
             self.ref.tell(Wake())
 
     async def _listen(self) -> None:
-        channel = self.ctx.queue.keys.channel
+        channel = self.ctx.queue.keys.control
         async for payload in subscribe(self.ctx.queue.redis, channel, component="dispatcher"):
-            if payload == RESUBSCRIBED or payload.startswith(_WAKE_PREFIXES):
+            if payload in (RESUBSCRIBED, WAKE):
                 self._request_wake()
             elif payload.startswith(_CANCELLED):
                 event = event_decoder.decode(payload)

@@ -1,14 +1,15 @@
 """The aiohttp application: routes, role declarations and the middlewares (errors, auth, limits).
 
-Every handler declares who may call it with :func:`requires` (a role) or :func:`public`; building the
-app fails if one does not, so no route is ever reachable without a decision about it.
+Every handler declares who may call it with :func:`requires` (a role) or :func:`public`, and what it
+takes and answers with :func:`secauto.api.spec.operation`; building the app fails if one does not, so
+no route is ever reachable without a decision about it, nor missing from ``GET /openapi.json``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import msgspec
 from aiohttp import web
@@ -19,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.core import ActorDeadError, ActorSystem, AskTimeoutError
 from secauto.api.auth import allows, authenticate, presented_key
 from secauto.api.errors import HTTP_CODES, ApiError, ErrorDetail, error_response
+from secauto.api.spec import H, Handler, check_declared, declared_operation
 from secauto.config import Role, Settings
 from secauto.engine import EngineSettings
 from secauto.metrics import NodeMetrics
@@ -26,9 +28,6 @@ from secauto.metrics import NodeMetrics
 if TYPE_CHECKING:
     from secauto.api.events import EventSource
     from secauto.store.webhooks import WebhookStore
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-H = TypeVar("H", bound=Handler)
 
 SETTINGS = web.AppKey("settings", Settings)
 SYSTEM = web.AppKey("system", ActorSystem)
@@ -142,12 +141,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 T = TypeVar("T")
 
 
-async def read_json(request: web.Request, body_type: type[T]) -> T:
+@overload
+async def read_json(request: web.Request, body_type: type[T]) -> T: ...
+@overload
+async def read_json(request: web.Request, body_type: Any) -> Any: ...  # unions: ``A | B``
+
+
+async def read_json(request: web.Request, body_type: Any) -> Any:
     """Read and validate a JSON body as ``body_type``.
 
     Raises ApiError 415 for a non-JSON content type, 413 for a body over ``server.max_body_bytes``
     (aiohttp enforces it while reading) and 400 naming the field for malformed JSON or wrong types.
+    ``body_type`` must be the body type that the route's operation declares.
     """
+    check_declared(request, "body", body_type)
     content_type = request.headers.get("Content-Type")
     if content_type and request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", f"expected application/json, got {request.content_type}")
@@ -164,7 +171,9 @@ async def read_json(request: web.Request, body_type: type[T]) -> T:
 
 def parse_query(request: web.Request, query_type: type[T]) -> T:
     """Query parameters as a typed struct (strings converted to numbers where the type says so);
-    400 naming the parameter otherwise. A parameter given twice keeps its first value."""
+    400 naming the parameter otherwise. A parameter given twice keeps its first value.
+    ``query_type`` must be the query type that the route's operation declares."""
+    check_declared(request, "query", query_type)
     try:
         return msgspec.convert(dict(request.query), query_type, strict=False)
     except msgspec.ValidationError as exc:
@@ -188,14 +197,14 @@ def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
 
 def route_modules() -> tuple[Any, ...]:
     """Every module that contributes routes (each has a ROUTES list of (method, path, handler))."""
-    from secauto.api import cluster, dlq, events, health, jobs, metrics, playbooks, webhooks
+    from secauto.api import cluster, dlq, events, health, jobs, metrics, openapi, playbooks, webhooks
 
-    return (health, cluster, jobs, dlq, playbooks, events, webhooks, metrics)
+    return (health, cluster, jobs, dlq, playbooks, events, webhooks, metrics, openapi)
 
 
 def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, metrics: NodeMetrics,
                events: EventSource, webhook_store: WebhookStore, *, cluster_mode: bool) -> web.Application:
-    """Build the application. Raises RuntimeError if a route has no declared role."""
+    """Build the application. Raises RuntimeError if a route has no declared role or operation."""
     from secauto.api import events as events_api
     from secauto.api import playbooks
     from secauto.api import webhooks as webhooks_api
@@ -214,5 +223,7 @@ def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, 
         for method, path, handler in module.ROUTES:
             if declared_role(handler) is None:
                 raise RuntimeError(f"route {method} {path} declares no role")
+            if declared_operation(handler) is None:
+                raise RuntimeError(f"route {method} {path} declares no operation (secauto.api.spec.operation)")
             app.router.add_route(method, path, handler)
     return app

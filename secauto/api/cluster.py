@@ -5,20 +5,24 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
 
 from actors.messages import CancelJob, ClusterView, GetClusterView, GetJob, RequeueJob, SubmitJobs
 from secauto.api.app import ENGINE, SETTINGS, SYSTEM, read_json, requires
-from secauto.api.errors import ApiError, ErrorDetail, json_response
+from secauto.api.errors import ApiError, ErrorDetail
+from secauto.api.spec import operation, respond, respond_spliced, whole
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
-from secauto.models import MAX_PRIORITY, MIN_PRIORITY, Job, new_job_id, utc_now
+from secauto.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus, NodeInfo, new_job_id, utc_now
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+JOB_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,100}")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+# Anything else is answered 404 (no such job) without asking the store.
+JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN, description="a job id, e.g. job-<32 hex digits>")]
 
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[A-Za-z0-9_.:-]+"))]
 
 
 class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -33,16 +37,24 @@ class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     delay: Annotated[float, msgspec.Meta(ge=0, le=366 * 86400)] | None = None
-    run_at: datetime.datetime | None = None
+    run_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)] | None = None  # RFC 3339 with a time zone
 
     def delay_ms(self) -> int:
         """How long to hold the job back: ``delay`` seconds, or until ``run_at`` (0: run now)."""
         if self.run_at is not None:
-            if self.run_at.tzinfo is None:
-                raise ApiError(400, "validation_error", "run_at needs a time zone (e.g. ...Z)",
-                               [ErrorDetail(field="run_at", message="needs a time zone", path="$.run_at")])
             return max(0, int((self.run_at.timestamp() - time.time()) * 1000))
         return int((self.delay or 0) * 1000)
+
+    def run_at_utc(self) -> str | None:
+        """``run_at`` as RFC 3339 UTC with milliseconds, for display."""
+        if self.run_at is None:
+            return None
+        try:
+            moment = self.run_at.astimezone(datetime.UTC)
+        except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ApiError(400, "validation_error", "run_at is out of range",
+                           [ErrorDetail(field="run_at", message="out of range", path="$.run_at")]) from None
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _playbook_problems(exc: PlaybookInvalid) -> list[ErrorDetail]:
@@ -81,8 +93,7 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
         tags=list(body.tags),
         tag_list=",".join(body.tags) or None,
         affinity=body.affinity,
-        run_at=body.run_at.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        if body.run_at is not None else None,
+        run_at=body.run_at_utc(),
         timeout=body.timeout,
         playbook_name=body.playbook_name,
         playbook=playbook,
@@ -90,32 +101,100 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
     )
 
 
+class NodeView(msgspec.Struct, kw_only=True):
+    """A node as ``GET /cluster`` shows it: its record (:class:`secauto.models.NodeInfo`) without the
+    internal ``last_seen_epoch``."""
+
+    id: str
+    host: str
+    port: int
+    status: str  # active | draining | inactive
+    started_at: str
+    last_seen: str
+    capabilities: list[str]
+    load: float
+    jobs_running: int
+    jobs_completed: int
+    jobs_failed: int
+    capacity: int
+    version: str
+
+    @classmethod
+    def of(cls, node: NodeInfo) -> NodeView:
+        return cls(**{name: getattr(node, name) for name in cls.__struct_fields__})
+
+
+class ClusterInfo(msgspec.Struct, kw_only=True):
+    cluster_name: str
+    node_id: str  # the node that answered
+    leader: str | None
+    total_nodes: int
+    nodes: list[NodeView]
+    queue_size: int
+
+
+class ClusterResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    cluster: ClusterInfo
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class SubmitResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    job_id: str
+    status: Literal["submitted"] = "submitted"
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class BatchSubmitResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    job_ids: list[str]  # in the order of the submitted jobs
+    status: Literal["submitted"] = "submitted"
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class JobResponse(msgspec.Struct, kw_only=True):
+    """``GET /cluster/jobs/{job_id}``: the stored job record, spliced in as it is stored."""
+
+    success: Literal[True] = True
+    job: Job
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class JobStatusResponse(msgspec.Struct, kw_only=True):
+    """A job's status changed on request (cancel, retry, DLQ requeue)."""
+
+    success: Literal[True] = True
+    job_id: str
+    status: JobStatus
+    previous_status: JobStatus
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
 @requires("viewer")
+@operation("The cluster: nodes with load and counters, leader, queue size", ok=ClusterResponse)
 async def get_cluster(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     view: ClusterView = await request.app[SYSTEM].get("discovery").ask(GetClusterView(), timeout=5.0)
-    nodes = [msgspec.structs.asdict(node) for node in view.nodes]
-    for node in nodes:
-        node.pop("last_seen_epoch", None)
-    return json_response({
-        "success": True,
-        "cluster": {
-            "cluster_name": settings.config.cluster.cluster_name,
-            "node_id": settings.node_id,
-            "leader": view.leader,
-            "total_nodes": len(nodes),
-            "nodes": nodes,
-            "queue_size": view.queue_size,
-        },
-    })
+    return respond(request, ClusterResponse(cluster=ClusterInfo(
+        cluster_name=settings.config.cluster.cluster_name,
+        node_id=settings.node_id,
+        leader=view.leader,
+        total_nodes=len(view.nodes),
+        nodes=[NodeView.of(node) for node in view.nodes],
+        queue_size=view.queue_size,
+    )))
 
 
 @requires("operator")
+@operation("Submit a job", body=JobSubmission, ok=SubmitResponse, tag="jobs",
+           description="Queue a playbook (inline, or by name from playbooks_dir) with its context. "
+                       "POST /playbook/async is the same operation.")
 async def submit_job(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, JobSubmission)
     job = build_job(body, request)
     await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs([job], [body.delay_ms()]), timeout=10.0)
-    return json_response({"success": True, "job_id": job.id, "status": "submitted"})
+    return respond(request, SubmitResponse(job_id=job.id))
 
 
 class BatchSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -125,6 +204,7 @@ class BatchSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 @requires("operator")
+@operation("Submit up to 1000 jobs, all or nothing", body=BatchSubmission, ok=BatchSubmitResponse, tag="jobs")
 async def submit_batch(request: web.Request) -> web.StreamResponse:
     """All or nothing: if any job is invalid, none is stored and the details name ``jobs[i]``."""
     body = await read_json(request, BatchSubmission)
@@ -138,7 +218,7 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
                 detail.field = f"jobs[{index}].{detail.field}"
             raise ApiError(exc.status, exc.code, f"jobs[{index}]: {exc.message}", exc.details) from None
     await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs(jobs, delays), timeout=30.0)
-    return json_response({"success": True, "job_ids": [job.id for job in jobs], "status": "submitted"})
+    return respond(request, BatchSubmitResponse(job_ids=[job.id for job in jobs]))
 
 
 def job_id_from(request: web.Request) -> str:
@@ -150,6 +230,9 @@ def job_id_from(request: web.Request) -> str:
 
 
 @requires("viewer")
+@operation("A job: status, attempts, results, context", ok=JobResponse, path={"job_id": JobId}, errors=(404,),
+           tag="jobs", description="The job as stored: id, playbook, context, status, submitted_at, started_at, "
+                                   "completed_at, assigned_to, results, retry_count, attempts, priority, tags, ...")
 async def get_job(request: web.Request) -> web.StreamResponse:
     job_id = job_id_from(request)
     raw: bytes | None = await request.app[SYSTEM].get("dispatcher").ask(GetJob(job_id), timeout=5.0)
@@ -157,12 +240,15 @@ async def get_job(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, or expired after the retention period)")
     # The stored record is already the job's JSON: splice it in rather than decode and re-encode it.
     body = b'{"success":true,"job":' + raw + b',"timestamp":"' + utc_now().encode() + b'"}'
-    return web.Response(body=body, content_type="application/json")
+    return respond_spliced(request, body, JobResponse)
 
 
 @requires("operator")
+@operation("Cancel a pending or running job", ok=JobStatusResponse, path={"job_id": JobId}, errors=(404, 409),
+           tag="jobs")
 async def cancel_job(request: web.Request) -> web.StreamResponse:
-    """Cancel a pending job at once, a running one within a second on the node that runs it."""
+    """Cancel a pending job at once, a running one within a second on the node that runs it; 409 if the
+    job already ended."""
     job_id = job_id_from(request)
     before = await request.app[SYSTEM].get("dispatcher").ask(CancelJob(job_id), timeout=10.0)
     if before is None:
@@ -170,19 +256,21 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
     if before not in ("pending", "running"):
         raise ApiError(409, "conflict", f"job {job_id} is already {before}; only pending or running jobs can be "
                                         "cancelled")
-    return json_response({"success": True, "job_id": job_id, "status": "cancelled", "previous_status": before})
+    return respond(request, JobStatusResponse(job_id=job_id, status="cancelled", previous_status=before))
 
 
 @requires("operator")
+@operation("Run a failed or cancelled job again", ok=JobStatusResponse, path={"job_id": JobId},
+           errors=(404, 409), tag="jobs")
 async def retry_job(request: web.Request) -> web.StreamResponse:
-    """Run a failed or cancelled job again, with a fresh retry budget."""
+    """Run a failed or cancelled job again, with a fresh retry budget; 409 for a job in another state."""
     job_id = job_id_from(request)
     before = await request.app[SYSTEM].get("dispatcher").ask(RequeueJob(job_id), timeout=10.0)
     if before is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     if before not in ("failed", "cancelled"):
         raise ApiError(409, "conflict", f"job {job_id} is {before}; only failed or cancelled jobs can be retried")
-    return json_response({"success": True, "job_id": job_id, "status": "pending", "previous_status": before})
+    return respond(request, JobStatusResponse(job_id=job_id, status="pending", previous_status=before))
 
 
 ROUTES = [

@@ -3,24 +3,47 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
 
 from actors.messages import ForgetJob, ListDeadLetters, RequeueJob
 from secauto.api.app import SYSTEM, parse_query, requires
-from secauto.api.cluster import job_id_from
-from secauto.api.errors import ApiError, json_response
-from secauto.models import utc_now
+from secauto.api.cluster import JobId, JobStatusResponse, job_id_from
+from secauto.api.errors import ApiError
+from secauto.api.spec import operation, respond, respond_spliced
+from secauto.models import Job, utc_now
 
 
 class DlqQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
-    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    offset: Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)] = 0  # Redis wants offset + limit in 64 bits
+
+
+class DlqPage(msgspec.Struct, kw_only=True):
+    size: int  # dead-lettered jobs in all
+    offset: int
+    jobs: list[Job]  # newest first
+
+
+class DlqResponse(msgspec.Struct, kw_only=True):
+    """``GET /cluster/dlq``: stored job records, spliced in as they are stored."""
+
+    success: Literal[True] = True
+    dlq: DlqPage
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class DeletedResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    job_id: str
+    deleted: Literal[True] = True
+    timestamp: str = msgspec.field(default_factory=utc_now)
 
 
 @requires("viewer")
+@operation("Dead-lettered jobs, newest first", query=DlqQuery, ok=DlqResponse)
 async def list_dead_letters(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, DlqQuery)
     size, records = await request.app[SYSTEM].get("dispatcher").ask(
@@ -28,24 +51,28 @@ async def list_dead_letters(request: web.Request) -> web.StreamResponse:
     # Records are stored JSON already: splice them rather than decode and re-encode them.
     body = (b'{"success":true,"dlq":{"size":' + str(size).encode() + b',"offset":' + str(query.offset).encode()
             + b',"jobs":[' + b",".join(records) + b']},"timestamp":"' + utc_now().encode() + b'"}')
-    return web.Response(body=body, content_type="application/json")
+    return respond_spliced(request, body, DlqResponse)
 
 
 @requires("operator")
+@operation("Requeue a dead-lettered job", ok=JobStatusResponse, path={"job_id": JobId}, errors=(404,))
 async def requeue_dead_letter(request: web.Request) -> web.StreamResponse:
+    """Put a dead-lettered job back in the queue with a fresh retry budget."""
     job_id = job_id_from(request)
     before = await request.app[SYSTEM].get("dispatcher").ask(RequeueJob(job_id, only_dead=True), timeout=10.0)
     if before is None or before == "not_dead":
         raise ApiError(404, "not_found", f"job {job_id!r} is not in the dead-letter queue")
-    return json_response({"success": True, "job_id": job_id, "status": "pending", "previous_status": before})
+    return respond(request, JobStatusResponse(job_id=job_id, status="pending", previous_status=before))
 
 
 @requires("admin")
+@operation("Delete a dead-lettered job", ok=DeletedResponse, path={"job_id": JobId}, errors=(404,))
 async def delete_dead_letter(request: web.Request) -> web.StreamResponse:
+    """Delete a dead-lettered job's record for good."""
     job_id = job_id_from(request)
     if not await request.app[SYSTEM].get("dispatcher").ask(ForgetJob(job_id), timeout=10.0):
         raise ApiError(404, "not_found", f"job {job_id!r} is not in the dead-letter queue")
-    return json_response({"success": True, "job_id": job_id, "deleted": True})
+    return respond(request, DeletedResponse(job_id=job_id))
 
 
 ROUTES = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import msgspec
 from aiohttp import web
@@ -11,13 +11,29 @@ from secauto.models import utc_now
 
 
 class ErrorDetail(msgspec.Struct, omit_defaults=True):
+    """One problem: the field (``jobs[1].priority``), what is wrong, and the JSON path when known."""
+
     field: str
     message: str
     path: str | None = None
 
 
+class ErrorBody(msgspec.Struct, kw_only=True):
+    code: str  # validation_error, unauthorized, forbidden, not_found, conflict, unavailable, ...
+    message: str
+    details: list[ErrorDetail] = []
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """Every error: ``{"success": false, "error": {"code", "message", "details"}, "timestamp"}``."""
+
+    success: Literal[False] = False
+    error: ErrorBody
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
 class ApiError(Exception):
-    """Raised by handlers and middlewares; rendered as ``{"success": false, "error": {...}}``."""
+    """Raised by handlers and middlewares; rendered as an :class:`ErrorResponse`."""
 
     def __init__(self, status: int, code: str, message: str, details: list[ErrorDetail] | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -29,23 +45,17 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-_encoder = msgspec.json.Encoder()
+encoder = msgspec.json.Encoder()
 
 
-def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """``body`` plus ``timestamp`` as a JSON response (``success`` is the caller's)."""
-    body.setdefault("timestamp", utc_now())
-    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json",
-                        headers=headers)
+def encoded_response(body: msgspec.Struct, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """``body`` (a response Struct, which stamps its own ``timestamp``) as a JSON response."""
+    return web.Response(body=encoder.encode(body), status=status, content_type="application/json", headers=headers)
 
 
 def error_response(error: ApiError) -> web.Response:
-    body = {
-        "success": False,
-        "error": {"code": error.code, "message": error.message,
-                  "details": [msgspec.to_builtins(detail) for detail in error.details]},
-    }
-    return json_response(body, status=error.status, headers=error.headers)
+    body = ErrorResponse(error=ErrorBody(code=error.code, message=error.message, details=error.details))
+    return encoded_response(body, status=error.status, headers=error.headers)
 
 
 # Status codes aiohttp raises itself, mapped to our error codes.

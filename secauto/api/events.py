@@ -17,9 +17,11 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 from loguru import logger
+from msgspec import UNSET, UnsetType
 from redis.asyncio import Redis
 
 from secauto.api.app import parse_query, requires
+from secauto.api.spec import REF_TEMPLATE, operation, whole
 from secauto.models import Event, event_decoder
 from secauto.store.events import RESUBSCRIBED, subscribe
 
@@ -37,19 +39,39 @@ EVENTS = web.AppKey("events", EventSource)
 
 
 class EventsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    job_id: Annotated[str, msgspec.Meta(max_length=100)] | None = None
-    type: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]+(\.[a-z_]*)?$")] | None = None
+    # UNSET, not None, for "not given": parse_query would read `?job_id=null` as None.
+    job_id: Annotated[str, msgspec.Meta(max_length=100)] | UnsetType = UNSET
+    type: Annotated[str, msgspec.Meta(pattern=whole(r"[a-z_]+(\.[a-z_]*)?"))] | UnsetType = UNSET
+
+
+class StreamEvent(msgspec.Struct, kw_only=True):
+    """One event of the stream, as an SSE client reads it (the handler writes these lines itself)."""
+
+    event: str  # the event's type, e.g. job.completed
+    id: str  # its sequence number in this stream
+    data: Annotated[str, msgspec.Meta(
+        description="the event as JSON (the Event schema)",
+        extra_json_schema={"contentMediaType": "application/json",
+                           "contentSchema": {"$ref": REF_TEMPLATE.format(name="Event")}})]
 
 
 def wanted(event: Event, query: EventsQuery) -> bool:
-    if query.job_id is not None and event.job_id != query.job_id:
+    if query.job_id is not UNSET and event.job_id != query.job_id:
         return False
-    if query.type is None:
+    if query.type is UNSET:
         return True
     return event.type.startswith(query.type) if query.type.endswith(".") else event.type == query.type
 
 
 @requires("viewer")
+@operation("The cluster's events as Server-Sent Events", query=EventsQuery, ok=StreamEvent,
+           media_type="text/event-stream",
+           description="Each event is sent as `event: <type>`, `id: <n>` and `data: <the event JSON>` (the Event "
+                       "schema, as published on secauto:events:<cluster>); the response schema describes one "
+                       "event as an SSE client reads it. Filters: job_id, and type (exact, e.g. "
+                       "job.completed, or a family ending in a dot, e.g. job.). Comment lines keep the stream "
+                       "alive every 15 s and mark a lost Redis connection. The stream ends when the client "
+                       "disconnects or the node stops.")
 async def stream_events(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, EventsQuery)
     source = request.app[EVENTS]

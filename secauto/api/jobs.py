@@ -5,33 +5,35 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
+from msgspec import UNSET, UnsetType
 
 from actors.messages import ListJobs, RecentEnds
 from secauto.api.app import SYSTEM, parse_query, requires
-from secauto.api.errors import json_response
-from secauto.models import Job, JobStatus, job_decoder
+from secauto.api.spec import operation, respond, whole
+from secauto.models import Job, JobStatus, job_decoder, utc_now
 
 MAX_SCAN = 5000  # index entries one request may read while filtering
 STATS_WINDOW_S = 3600
 
 
 class JobsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    status: JobStatus | None = None
-    tag: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    node: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    # UNSET, not None, for "not given": parse_query would read `?tag=null` as None.
+    status: JobStatus | UnsetType = UNSET
+    tag: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType = UNSET
+    node: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType = UNSET
     limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
-    cursor: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,20}$")] | None = None
+    cursor: Annotated[str, msgspec.Meta(pattern=whole(r"[0-9]{1,20}"))] | UnsetType = UNSET
 
 
 class JobSummary(msgspec.Struct, kw_only=True):
     """A job without its playbook, context and results (GET /cluster/jobs/{id} has everything)."""
 
     id: str
-    status: str
+    status: JobStatus
     priority: int
     tags: list[str]
     playbook_name: str | None
@@ -45,10 +47,45 @@ class JobSummary(msgspec.Struct, kw_only=True):
     error: str | None
 
 
+class JobListResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    jobs: list[JobSummary]  # newest first
+    next_cursor: str | None  # pass as ``cursor`` for the next page; null when nothing older remains
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class Percentiles(msgspec.Struct, kw_only=True):
+    p50: float | None
+    p95: float | None
+
+
+class NodeCounts(msgspec.Struct, kw_only=True):
+    completed: int
+    failed: int
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    window_seconds: int
+    attempts: int  # attempts that ended in the window
+    completed: int
+    failed: int
+    success_rate: float | None  # null without attempts
+    failure_rate: float | None
+    duration_ms: Percentiles
+    per_node: dict[str, NodeCounts]
+    sampled: bool  # true when only the newest 10,000 attempt ends were read
+
+
+class StatsResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    stats: Stats
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
 def _matches(job: Job, query: JobsQuery) -> bool:
-    return ((query.status is None or job.status == query.status)
-            and (query.tag is None or query.tag in job.tags)
-            and (query.node is None or job.assigned_to == query.node))
+    return ((query.status is UNSET or job.status == query.status)
+            and (query.tag is UNSET or query.tag in job.tags)
+            and (query.node is UNSET or job.assigned_to == query.node))
 
 
 def _summary(job: Job) -> JobSummary:
@@ -59,13 +96,15 @@ def _summary(job: Job) -> JobSummary:
 
 
 @requires("viewer")
+@operation("Jobs, newest first, filtered by status, tag or node, in cursor pages", query=JobsQuery,
+           ok=JobListResponse)
 async def list_jobs(request: web.Request) -> web.StreamResponse:
     """Newest first. ``next_cursor`` continues the listing; it is null once nothing older remains.
     A request reads at most MAX_SCAN index entries while filtering, so a sparse filter may return
     fewer than ``limit`` jobs together with a cursor to go on from."""
     query = parse_query(request, JobsQuery)
     dispatcher = request.app[SYSTEM].get("dispatcher")
-    before = float(query.cursor) if query.cursor is not None else None
+    before = float(query.cursor) if query.cursor is not UNSET else None
     found: list[JobSummary] = []
     scanned, more = 0, True
     while more and len(found) < query.limit and scanned < MAX_SCAN:
@@ -83,7 +122,7 @@ async def list_jobs(request: web.Request) -> web.StreamResponse:
         if not pairs:
             more = False
     cursor = str(int(before)) if more and before is not None else None
-    return json_response({"success": True, "jobs": msgspec.to_builtins(found), "next_cursor": cursor})
+    return respond(request, JobListResponse(jobs=found, next_cursor=cursor))
 
 
 def summarize(ends: list[str], now_ms: int, window_s: int = STATS_WINDOW_S) -> dict[str, Any]:
@@ -126,9 +165,11 @@ def summarize(ends: list[str], now_ms: int, window_s: int = STATS_WINDOW_S) -> d
 
 
 @requires("viewer")
+@operation("Success and failure rates, run-time percentiles and jobs per node over the last hour",
+           ok=StatsResponse)
 async def stats(request: web.Request) -> web.StreamResponse:
     ends: list[str] = await request.app[SYSTEM].get("dispatcher").ask(RecentEnds(), timeout=10.0)
-    return json_response({"success": True, "stats": summarize(ends, int(time.time() * 1000))})
+    return respond(request, StatsResponse(stats=msgspec.convert(summarize(ends, int(time.time() * 1000)), Stats)))
 
 
 ROUTES = [

@@ -6,9 +6,14 @@ from aiohttp import web
 
 from actors.messages import ClusterView, ExecutorStats, GetClusterView, GetStats, IsLeader, ListDeadLetters
 from secauto.api.app import METRICS, SYSTEM, metrics_role
+from secauto.api.spec import operation
 
 
 @metrics_role
+@operation("The node's metrics in the Prometheus text format", ok=str, media_type="text/plain",
+           description="Jobs submitted, completed, failed, retried and dead-lettered, job duration and queue "
+                       "wait, queue and DLQ size, running jobs, node load, active nodes, leader flag, webhook "
+                       "deliveries, HTTP requests by route and status. Needs a viewer key unless metrics.public.")
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Refresh the gauges that describe the cluster, then render every metric."""
     system, node_metrics = request.app[SYSTEM], request.app[METRICS]

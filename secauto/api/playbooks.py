@@ -8,14 +8,23 @@ Synchronous runs happen on the receiving node, outside the job slots, at most
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
 
 from secauto.api.app import ENGINE, SETTINGS, read_json, requires
-from secauto.api.errors import ApiError, ErrorDetail, json_response
-from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, run_playbook, validate_playbook
+from secauto.api.errors import ApiError, ErrorDetail
+from secauto.api.spec import operation, respond
+from secauto.engine import (
+    PlaybookInvalid,
+    StepResult,
+    load_playbook_file,
+    resolve_named_playbook,
+    run_playbook,
+    validate_playbook,
+)
+from secauto.models import utc_now
 
 SYNC_SLOTS = web.AppKey("sync_slots", asyncio.Semaphore)
 
@@ -26,6 +35,28 @@ class PlaybookRun(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     playbook: list[Any] | dict[str, Any] | None = None
     playbook_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     context: dict[str, Any] = {}
+
+
+# /validate also takes a bare playbook (a JSON list), like `secauto validate FILE`.
+ValidateBody = PlaybookRun | list[Any]
+
+
+class RunResponse(msgspec.Struct, kw_only=True):
+    """``POST /playbook``: ``success`` is false when a step failed the playbook (``error`` says why)."""
+
+    success: bool
+    results: list[StepResult]  # one per step that ran
+    context: dict[str, Any]  # the context after the run
+    error: str | None
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class ValidateResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    valid: bool
+    problems: list[ErrorDetail]  # empty when valid
+    steps: int | msgspec.UnsetType = msgspec.UNSET  # how many steps, nested ones included (when valid)
+    timestamp: str = msgspec.field(default_factory=utc_now)
 
 
 def _problems(exc: PlaybookInvalid) -> list[ErrorDetail]:
@@ -41,24 +72,14 @@ def _load(body: PlaybookRun, request: web.Request) -> Any:
     return body.playbook
 
 
-async def _read_body(request: web.Request) -> PlaybookRun:
-    # /validate also takes a bare playbook (a JSON list), like `secauto validate FILE`.
-    if request.path == "/validate":
-        raw = await read_json(request, Any)
-        if isinstance(raw, list):
-            return PlaybookRun(playbook=raw)
-        try:
-            return msgspec.convert(raw, PlaybookRun)
-        except msgspec.ValidationError as exc:
-            from secauto.api.app import validation_detail
-
-            raise ApiError(400, "validation_error", "invalid request body", [validation_detail(exc)]) from None
-    return await read_json(request, PlaybookRun)
-
-
 @requires("operator")
+@operation("Run a playbook on this node now and answer its results", body=PlaybookRun, ok=RunResponse,
+           errors=(429, 504), tag="playbooks")
 async def run_sync(request: web.Request) -> web.StreamResponse:
-    body = await _read_body(request)
+    """Runs on the receiving node outside the job slots, at most cluster.max_concurrent_jobs at a time
+    (429 beyond that), within cluster.job_timeout (504 beyond that). A playbook that fails is a 200
+    with success false."""
+    body = await read_json(request, PlaybookRun)
     engine = request.app[ENGINE]
     try:
         playbook = validate_playbook(_load(body, request), engine)
@@ -77,19 +98,22 @@ async def run_sync(request: web.Request) -> web.StreamResponse:
             raise ApiError(504, "timeout", f"the playbook did not finish within {timeout:g}s") from None
         except PlaybookInvalid as exc:  # the context itself (size, type) is checked at run time
             raise ApiError(400, "validation_error", f"invalid request: {exc}", _problems(exc)) from None
-    return json_response({"success": result.success, "results": msgspec.to_builtins(result.results),
-                          "context": result.context, "error": result.error})
+    return respond(request, RunResponse(success=result.success, results=result.results, context=result.context,
+                                        error=result.error))
 
 
 @requires("viewer")
+@operation("Check a playbook without running it", body=ValidateBody, ok=ValidateResponse, tag="playbooks")
 async def validate(request: web.Request) -> web.StreamResponse:
-    body = await _read_body(request)
+    """The body is ``{playbook | playbook_name, context}`` as for POST /playbook, or a bare playbook (a
+    list of steps). An invalid playbook is a 200 with valid false and one problem per mistake."""
+    raw: PlaybookRun | list[Any] = await read_json(request, ValidateBody)
+    body = PlaybookRun(playbook=raw) if isinstance(raw, list) else raw
     try:
         playbook = validate_playbook(_load(body, request), request.app[ENGINE])
     except PlaybookInvalid as exc:
-        problems = [msgspec.to_builtins(detail) for detail in _problems(exc)]
-        return json_response({"success": True, "valid": False, "problems": problems})
-    return json_response({"success": True, "valid": True, "problems": [], "steps": playbook.step_count})
+        return respond(request, ValidateResponse(valid=False, problems=_problems(exc)))
+    return respond(request, ValidateResponse(valid=True, problems=[], steps=playbook.step_count))
 
 
 ROUTES = [

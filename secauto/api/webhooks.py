@@ -8,7 +8,7 @@ but never returned: responses say ``has_secret``.
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -16,7 +16,8 @@ from aiohttp import web
 
 from actors.webhooks import ListWebhooks, RefreshWebhooks
 from secauto.api.app import SYSTEM, read_json, requires
-from secauto.api.errors import ApiError, ErrorDetail, json_response
+from secauto.api.errors import ApiError, ErrorDetail
+from secauto.api.spec import operation, respond
 from secauto.models import EVENT_TYPES, utc_now
 from secauto.store.webhooks import WebhookSpec, WebhookStore
 
@@ -33,13 +34,68 @@ class WebhookBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
 
 
+WebhookId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class WebhookView(msgspec.Struct, kw_only=True):
+    """A webhook as the API shows it: its secret replaced by whether there is one."""
+
+    id: str
+    url: str
+    events: list[str]  # empty: every event
+    timeout: float
+    retries: int
+    source: str  # api (stored in Redis, deletable here) or config (config.yaml)
+    created_at: str | None
+    has_secret: bool
+
+    @classmethod
+    def of(cls, spec: WebhookSpec) -> WebhookView:
+        return cls(id=spec.id, url=spec.url, events=list(spec.events), timeout=spec.timeout, retries=spec.retries,
+                   source=spec.source, created_at=spec.created_at, has_secret=bool(spec.secret))
+
+
+class WebhookResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    webhook: WebhookView
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class WebhookListResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    webhooks: list[WebhookView]
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+class WebhookDeletedResponse(msgspec.Struct, kw_only=True):
+    success: Literal[True] = True
+    webhook_id: str
+    deleted: Literal[True] = True
+    timestamp: str = msgspec.field(default_factory=utc_now)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook's URL (None if it can)."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL"
+    return None
+
+
 @requires("admin")
+@operation("Add a webhook (stored in Redis: every node delivers to it)", body=WebhookBody, ok=WebhookResponse)
 async def add_webhook(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, WebhookBody)
-    parts = urlsplit(body.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(400, "validation_error", "url must be an http:// or https:// URL",
-                       [ErrorDetail(field="url", message="must be an http:// or https:// URL", path="$.url")])
+    problem = url_problem(body.url)
+    if problem is not None:
+        raise ApiError(400, "validation_error", f"url {problem}", [ErrorDetail(field="url", message=problem,
+                                                                               path="$.url")])
     for index, kind in enumerate(body.events):
         if kind not in EVENT_TYPES:
             raise ApiError(400, "validation_error", f"unknown event type {kind!r}",
@@ -49,17 +105,20 @@ async def add_webhook(request: web.Request) -> web.StreamResponse:
                        timeout=body.timeout, retries=body.retries, source="api", created_at=utc_now())
     await request.app[WEBHOOKS].add(spec)
     request.app[SYSTEM].get("webhooks").tell(RefreshWebhooks())
-    return json_response({"success": True, "webhook": spec.public()})
+    return respond(request, WebhookResponse(webhook=WebhookView.of(spec)))
 
 
 @requires("admin")
+@operation("Webhooks, from the API and from config.yaml", ok=WebhookListResponse)
 async def list_webhooks(request: web.Request) -> web.StreamResponse:
     request.app[SYSTEM].get("webhooks").tell(RefreshWebhooks())
     hooks: list[WebhookSpec] = await request.app[SYSTEM].get("webhooks").ask(ListWebhooks(), timeout=5.0)
-    return json_response({"success": True, "webhooks": [hook.public() for hook in hooks]})
+    return respond(request, WebhookListResponse(webhooks=[WebhookView.of(hook) for hook in hooks]))
 
 
 @requires("admin")
+@operation("Delete a webhook added through the API", ok=WebhookDeletedResponse, path={"webhook_id": WebhookId},
+           errors=(404, 409), description="404 for an unknown id, 409 for a webhook from config.yaml.")
 async def delete_webhook(request: web.Request) -> web.StreamResponse:
     webhook_id = request.match_info["webhook_id"]
     if webhook_id.startswith("config-"):
@@ -67,7 +126,7 @@ async def delete_webhook(request: web.Request) -> web.StreamResponse:
     if not await request.app[WEBHOOKS].delete(webhook_id):
         raise ApiError(404, "not_found", f"no webhook {webhook_id[:100]!r}")
     request.app[SYSTEM].get("webhooks").tell(RefreshWebhooks())
-    return json_response({"success": True, "webhook_id": webhook_id, "deleted": True})
+    return respond(request, WebhookDeletedResponse(webhook_id=webhook_id))
 
 
 ROUTES = [

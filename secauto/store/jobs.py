@@ -98,7 +98,8 @@ class JobQueue:
         keys = [self.keys.queue, self.keys.sequence, self.keys.delayed, self.keys.capacity, self.keys.round_robin,
                 self.keys.job_index, *(self.keys.job(job.id) for job in jobs)]
         index_ms = 1000 * max(self.policy.job_retention_s, self.policy.dlq_retention_s)
-        args: list[Any] = [self.keys.channel, self.keys.node_prefix, self.dispatch.placement, index_ms]
+        args: list[Any] = [self.keys.channel, self.keys.node_prefix, self.dispatch.placement, index_ms,
+                           self.keys.control]
         for job, event, delay in zip(jobs, events, delays, strict=True):
             args += [job.id, json_encoder.encode(job), json_encoder.encode(event), max(0, delay)]
         if not durable_replicas:
@@ -184,7 +185,7 @@ class JobQueue:
                 self.keys.channel, json_encoder.encode(request.event), request.backoff_ms, policy.dlq_max,
                 policy.dlq_retention_s,
                 json_encoder.encode(request.extra_event) if request.extra_event is not None else "",
-                self.keys.job_prefix, policy.avoid_ms, request.duration_ms, RECENT_MAX]
+                self.keys.job_prefix, policy.avoid_ms, request.duration_ms, RECENT_MAX, self.keys.control]
         return keys, args
 
     async def recover(self, *, leader_token: str, mode: Literal["expired", "nodes"], cause: str,
@@ -200,7 +201,8 @@ class JobQueue:
                   self.keys.leader, self.keys.load, self.keys.tag_running],
             args=[leader_token, self.keys.job_prefix, self.keys.channel, utc_now(), limit, policy.dlq_retention_s,
                   policy.dlq_max, policy.backoff_base_ms, policy.backoff_cap_ms, mode, policy.poison_limit,
-                  policy.avoid_ms, cause, self.keys.node_prefix if check_records else "", "", *nodes],
+                  policy.avoid_ms, cause, self.keys.node_prefix if check_records else "", self.keys.control,
+                  *nodes],
         )
         if not isinstance(result, list):
             return None
@@ -210,7 +212,7 @@ class JobQueue:
         """Give unfinished jobs back to the queue (graceful stop); returns how many went back."""
         if not attempts:
             return 0
-        args: list[Any] = [node_id, self.keys.job_prefix, self.keys.channel, utc_now()]
+        args: list[Any] = [node_id, self.keys.job_prefix, self.keys.channel, utc_now(), self.keys.control]
         for job_id, attempt in attempts.items():
             args += [job_id, attempt]
         return int(await self._scripts.handback(
@@ -221,7 +223,7 @@ class JobQueue:
         before = await self._scripts.cancel(
             keys=[self.keys.job(job_id), self.keys.queue, self.keys.delayed, self.keys.running, self.keys.load,
                   self.keys.tag_running],
-            args=[job_id, utc_now(), self.keys.channel, self.policy.job_retention_s])
+            args=[job_id, utc_now(), self.keys.channel, self.policy.job_retention_s, self.keys.control])
         return _text(before) or None
 
     async def requeue(self, job_id: str, *, only_dead: bool = False) -> str | None:
@@ -229,7 +231,7 @@ class JobQueue:
         for an unknown job, ``not_dead`` when ``only_dead`` and the job is not in the DLQ."""
         before = await self._scripts.requeue(
             keys=[self.keys.job(job_id), self.keys.queue, self.keys.sequence, self.keys.dlq],
-            args=[job_id, utc_now(), self.keys.channel, "1" if only_dead else "0"])
+            args=[job_id, utc_now(), self.keys.channel, "1" if only_dead else "0", self.keys.control])
         return _text(before) or None
 
     async def forget(self, job_id: str) -> bool:

@@ -16,9 +16,28 @@ class Keys:
     """Key names for one cluster. Lua scripts receive these as KEYS/ARGV; none are built in Lua
     except ``job:<id>`` from :attr:`job_prefix` (the scripts touch jobs they pop from a ZSET)."""
 
-    __slots__ = ("capacity", "channel", "cluster", "delayed", "dlq", "job_index", "job_prefix", "leader", "load",
-                 "node_index", "node_prefix", "queue", "recent", "round_robin", "running", "sequence", "tag_running",
-                 "webhook_claim_prefix", "webhooks")
+    __slots__ = (
+        "capacity",
+        "channel",
+        "cluster",
+        "control",
+        "delayed",
+        "dlq",
+        "job_index",
+        "job_prefix",
+        "leader",
+        "load",
+        "node_index",
+        "node_prefix",
+        "queue",
+        "recent",
+        "round_robin",
+        "running",
+        "sequence",
+        "tag_running",
+        "webhook_claim_prefix",
+        "webhooks",
+    )
 
     def __init__(self, cluster: str) -> None:
         self.cluster = cluster
@@ -34,6 +53,10 @@ class Keys:
         self.node_index = f"{PREFIX}:node-index:{cluster}"
         # pub/sub channel of lifecycle events (a public interface, see README).
         self.channel = f"{PREFIX}:events:{cluster}"
+        # pub/sub channel the nodes listen to: "wake" when jobs became claimable, and the events that
+        # concern nodes (job.cancelled of running jobs, node.*, leader.changed). Internal: the public
+        # channel above carries every event; nodes stay off it unless SSE clients or webhooks need it.
+        self.control = f"{PREFIX}:control:{cluster}"
         # ZSET of running job ids, score = lease deadline in ms (Redis clock). Bounded by running jobs.
         self.running = f"{PREFIX}:running:{cluster}"
         # ZSET of pending job ids not due yet (retry backoff, delay/run_at), score = due time in ms.

@@ -84,12 +84,18 @@ class NodeRegistry:
                 await pipe.execute()
 
     async def publish(self, event: Event) -> None:
-        await self.redis.publish(self.keys.channel, json_encoder.encode(event))
+        """Publish a membership event on the public channel and on the nodes' control channel."""
+        payload = json_encoder.encode(event)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.publish(self.keys.channel, payload)
+            pipe.publish(self.keys.control, payload)
+            await pipe.execute()
 
     async def hold_leadership(self, token: str, lease_ms: int, event: Event) -> int:
         """Acquire or renew the leader lease: 1 acquired, 2 renewed, 0 another node leads."""
         return int(await self._scripts.leader(
-            keys=[self.keys.leader], args=[token, lease_ms, self.keys.channel, json_encoder.encode(event)]))
+            keys=[self.keys.leader],
+            args=[token, lease_ms, self.keys.channel, json_encoder.encode(event), self.keys.control]))
 
     async def release_leadership(self, token: str) -> bool:
         return bool(await self._scripts.release(keys=[self.keys.leader], args=[token]))

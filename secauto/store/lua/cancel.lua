@@ -2,7 +2,8 @@
 -- the running attempt is refused) and job.cancelled names the node, whose executor stops the attempt.
 -- KEYS[1] job key, KEYS[2] queue ZSET, KEYS[3] delayed ZSET, KEYS[4] running ZSET, KEYS[5] load HASH,
 -- KEYS[6] tag HASH
--- ARGV[1] job id, ARGV[2] now (RFC 3339), ARGV[3] events channel, ARGV[4] retention s
+-- ARGV[1] job id, ARGV[2] now (RFC 3339), ARGV[3] events channel, ARGV[4] retention s,
+-- ARGV[5] control channel (the running node hears about it there)
 -- Returns the status before the call ('' when there is no such job); only pending and running change.
 local key, queue, delayed, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, now_iso, channel = ARGV[1], ARGV[2], ARGV[3]
@@ -25,5 +26,7 @@ redis.call('SET', key, format_header(h, rest), 'EX', ARGV[4])
 redis.call('ZREM', queue, id)
 redis.call('ZREM', delayed, id)
 redis.call('ZREM', running, id)
-redis.call('PUBLISH', channel, event('job.cancelled', now_iso, id, node, 'cancelled', tonumber(h.attempt)))
+local announcement = event('job.cancelled', now_iso, id, node, 'cancelled', tonumber(h.attempt))
+redis.call('PUBLISH', channel, announcement)
+if status == 'running' then redis.call('PUBLISH', ARGV[5], announcement) end
 return status

@@ -10,7 +10,7 @@
 -- ARGV[5] outcome, ARGV[6] retention s, ARGV[7] events channel, ARGV[8] event JSON,
 -- ARGV[9] backoff ms (retry), ARGV[10] DLQ cap, ARGV[11] DLQ retention s, ARGV[12] second event JSON or '',
 -- ARGV[13] job key prefix (to delete records trimmed out of the DLQ), ARGV[14] avoid window ms (retry),
--- ARGV[15] the attempt's run time in ms, ARGV[16] cap of the recent-ends list
+-- ARGV[15] the attempt's run time in ms, ARGV[16] cap of the recent-ends list, ARGV[17] control channel
 -- KEYS[9] recent-ends LIST ("end_ms status node duration_ms", newest first)
 -- Returns 1 when written, 0 when the writer is stale (job re-assigned, cancelled or gone).
 local job_key, running, queue, sequence, delayed, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -44,6 +44,7 @@ elseif outcome == 'retry' then
   else
     redis.call('ZADD', queue, queue_score(tonumber(new.priority), redis.call('INCR', sequence)), id)
   end
+  redis.call('PUBLISH', ARGV[17], WAKE)
 elseif outcome == 'dead' then
   redis.call('SET', job_key, ARGV[4], 'EX', ARGV[11])
   expire_dead(dlq, now, ARGV[11])

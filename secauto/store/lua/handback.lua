@@ -2,12 +2,12 @@
 -- retry count is unchanged and the job goes to the front of its priority band.
 -- KEYS[1] running ZSET, KEYS[2] queue ZSET, KEYS[3] load HASH, KEYS[4] tag HASH
 -- ARGV[1] node id, ARGV[2] job key prefix, ARGV[3] events channel, ARGV[4] now (RFC 3339),
--- then pairs (job id, attempt)
+-- ARGV[5] control channel, then pairs (job id, attempt)
 -- Returns the number of jobs handed back (stale pairs are skipped).
 local running, queue = KEYS[1], KEYS[2]
 local node, prefix, channel, now_iso = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local count = 0
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local id, attempt = ARGV[i], tonumber(ARGV[i + 1])
   local key = prefix .. id
   local record = redis.call('GET', key)
@@ -26,4 +26,5 @@ for i = 5, #ARGV, 2 do
     count = count + 1
   end
 end
+if count > 0 then redis.call('PUBLISH', ARGV[5], WAKE) end
 return count

@@ -99,6 +99,10 @@ local function trim_oldest(key, cap)
   return removed
 end
 
+-- Nodes listen to a small control channel instead of the public event channel: a wake-up ("wake")
+-- when jobs became claimable, and the events that concern them (cancellations, membership).
+local WAKE = 'wake'
+
 -- An event in the shape of secauto.models.Event (type first, so subscribers can route on a prefix).
 local function event(kind, now_iso, job_id, node_id, status, attempt, err, reason)
   local parts = {'{"type":' .. jstr(kind), '"version":1', '"timestamp":' .. jstr(now_iso)}

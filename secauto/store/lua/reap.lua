@@ -13,7 +13,7 @@
 -- ARGV[5] max jobs per call, ARGV[6] DLQ retention s, ARGV[7] DLQ cap, ARGV[8] backoff base ms,
 -- ARGV[9] backoff cap ms, ARGV[10] mode, ARGV[11] poison limit, ARGV[12] avoid window ms,
 -- ARGV[13] cause text ('lease expired', 'node lost', 'node restarted'), ARGV[14] node key prefix: when
--- not '', a named node whose record still exists is alive after all and is skipped; ARGV[15] reserved,
+-- not '', a named node whose record still exists is alive after all and is skipped; ARGV[15] control channel,
 -- ARGV[16..] node ids (mode nodes)
 -- Returns {requeued, failed, quarantined, oldest lease deadline recovered (ms, 0 if none)},
 -- or -1 when the caller is not the leader.
@@ -95,4 +95,5 @@ for _, target in ipairs(targets) do
     end
   end
 end
+if requeued > 0 then redis.call('PUBLISH', ARGV[15], WAKE) end
 return {requeued, failed, quarantined, oldest}

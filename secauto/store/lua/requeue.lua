@@ -2,7 +2,7 @@
 -- retry budget. Its attempt history is kept; the next claim gets a new fencing token as always.
 -- KEYS[1] job key, KEYS[2] queue ZSET, KEYS[3] sequence, KEYS[4] dlq ZSET
 -- ARGV[1] job id, ARGV[2] now (RFC 3339), ARGV[3] events channel, ARGV[4] '1' to act only on a job in
--- the DLQ
+-- the DLQ, ARGV[5] control channel
 -- Returns the status before the call ('' when there is no such job, 'not_dead' when ARGV[4] is '1' and
 -- the job is not in the DLQ); only failed and cancelled jobs change.
 local key, queue, sequence, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -28,4 +28,5 @@ redis.call('SET', key, format_header(h, rest))
 redis.call('ZREM', dlq, id)
 redis.call('ZADD', queue, queue_score(tonumber(h.priority), redis.call('INCR', sequence)), id)
 redis.call('PUBLISH', channel, event('job.requeued', now_iso, id, nil, 'pending', tonumber(h.attempt), nil, status))
+redis.call('PUBLISH', ARGV[5], WAKE)
 return status

@@ -4,8 +4,8 @@
 -- KEYS[1] queue ZSET, KEYS[2] sequence counter, KEYS[3] delayed ZSET, KEYS[4] capacity HASH,
 -- KEYS[5] round-robin counter, KEYS[6] job index ZSET, KEYS[6+i] job key of job i
 -- ARGV[1] events channel, ARGV[2] node key prefix, ARGV[3] placement (least_loaded | round_robin),
--- ARGV[4] index retention ms,
--- then per job i: ARGV[5+4(i-1)] job id, [+1] job JSON, [+2] event JSON, [+3] delay in ms (0: now)
+-- ARGV[4] index retention ms, ARGV[5] control channel (one wake-up per call),
+-- then per job i: ARGV[6+4(i-1)] job id, [+1] job JSON, [+2] event JSON, [+3] delay in ms (0: now)
 -- Returns the number of jobs stored (a job whose key already exists is left untouched).
 local queue, sequence, delayed, capacity_key, rr_key, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local channel, node_prefix, placement = ARGV[1], ARGV[2], ARGV[3]
@@ -21,7 +21,7 @@ if placement == 'round_robin' then
 end
 local stored = 0
 for i = 1, #KEYS - 6 do
-  local base = 5 + 4 * (i - 1)
+  local base = 6 + 4 * (i - 1)
   local id, record, announcement = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local due = now + tonumber(ARGV[base + 3])
   local h, rest = parse_header(record)
@@ -43,4 +43,5 @@ for i = 1, #KEYS - 6 do
     stored = stored + 1
   end
 end
+if stored > 0 then redis.call('PUBLISH', ARGV[5], WAKE) end
 return stored
