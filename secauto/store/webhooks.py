@@ -4,7 +4,6 @@ makes exactly one node deliver each event to each webhook."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import msgspec
 from loguru import logger
@@ -26,14 +25,6 @@ class WebhookSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
     retries: int = 3
     source: str = "api"  # api (stored in Redis) or config (config.yaml)
     created_at: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        """The webhook as an API response: the secret replaced by whether there is one."""
-        shown: dict[str, Any] = msgspec.to_builtins(self)
-        shown.pop("secret", None)
-        shown["has_secret"] = bool(self.secret)
-        shown.setdefault("events", [])
-        return shown
 
 
 _decoder = msgspec.json.Decoder(WebhookSpec)

@@ -112,32 +112,32 @@ async def test_sse_filters_by_job_id(redis_url: str) -> None:
 async def test_sse_survives_a_redis_restart(redis_process_factory: Any) -> None:
     server = redis_process_factory(appendonly=True, appendfsync="always")
     settings = node_settings("node-1", redis_url=server.url, cluster_name=CLUSTER)
-    async with running_node(settings) as node, aiohttp.ClientSession() as session:
-        async with session.get(f"{node.url}/cluster/events?type=job.completed", headers=auth()) as stream:
-            events = sse_events(stream)
-            server.restart()
-            seen: set[str] = set()
+    async with running_node(settings) as node, aiohttp.ClientSession() as session, \
+            session.get(f"{node.url}/cluster/events?type=job.completed", headers=auth()) as stream:
+        events = sse_events(stream)
+        server.restart()
+        seen: set[str] = set()
 
-            async def collect() -> None:
-                async for _, data in events:
-                    seen.add(data["job_id"])
+        async def collect() -> None:
+            async for _, data in events:
+                seen.add(data["job_id"])
 
-            collector = asyncio.create_task(collect())
-            try:
-                # The stream stays open; once its subscription is back it delivers new completions.
-                # Submissions get 503 until the node's connections are back.
-                async with asyncio.timeout(30):
-                    while True:
-                        async with session.post(f"{node.url}/cluster/jobs", headers=auth(),
-                                                json={"playbook": [{"action": "log", "message": "x"}]}) as response:
-                            if response.status == 200:
-                                job_id = (await response.json())["job_id"]
-                            else:
-                                assert response.status == 503 and response.headers["Retry-After"]
-                                job_id = None
-                        await asyncio.sleep(0.5)
-                        if job_id in seen:
-                            break
-            finally:
-                collector.cancel()
-                await asyncio.gather(collector, return_exceptions=True)
+        collector = asyncio.create_task(collect())
+        try:
+            # The stream stays open; once its subscription is back it delivers new completions.
+            # Submissions get 503 until the node's connections are back.
+            async with asyncio.timeout(30):
+                while True:
+                    async with session.post(f"{node.url}/cluster/jobs", headers=auth(),
+                                            json={"playbook": [{"action": "log", "message": "x"}]}) as response:
+                        if response.status == 200:
+                            job_id = (await response.json())["job_id"]
+                        else:
+                            assert response.status == 503 and response.headers["Retry-After"]
+                            job_id = None
+                    await asyncio.sleep(0.5)
+                    if job_id in seen:
+                        break
+        finally:
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)

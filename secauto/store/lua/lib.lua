@@ -180,10 +180,19 @@ end
 
 -- Rendezvous (highest random weight) hashing: the node that owns an affinity key. When a node leaves,
 -- only the keys it owned move, each to one other node.
+-- redis.sha1hex exists in Redis; the embedded store's Lua lacks it, and there (one node) any stable
+-- weight will do.
+local function weight_of(text)
+  if redis.sha1hex then return redis.sha1hex(text):sub(1, 12) end
+  local h = 0
+  for i = 1, #text do h = (h * 31 + text:byte(i)) % 2147483647 end
+  return string.format('%012d', h)
+end
+
 local function rendezvous(key, names)
   local best, best_weight = nil, nil
   for _, name in ipairs(names) do
-    local weight = redis.sha1hex(name .. '\0' .. key):sub(1, 12)
+    local weight = weight_of(name .. '\0' .. key)
     if not best_weight or weight > best_weight then best, best_weight = name, weight end
   end
   return best
