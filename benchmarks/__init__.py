@@ -1,0 +1,1 @@
+"""scripts/bench: SecAuto's benchmark (outside the secauto package; run as ``python -m benchmarks``)."""
