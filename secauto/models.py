@@ -92,8 +92,8 @@ class Job(msgspec.Struct, kw_only=True):
     attempts: list[Attempt] = []
 
 
-class NodeInfo(msgspec.Struct, kw_only=True):
-    """The node record at ``secauto:nodes:<cluster>:<node_id>``, as in the document's node object."""
+class NodeView(msgspec.Struct, kw_only=True):
+    """A node as the document's node object shows it (``GET /cluster``)."""
 
     id: str
     host: str
@@ -108,6 +108,16 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     jobs_failed: int
     capacity: int
     version: str
+
+    @classmethod
+    def of(cls, node: NodeView) -> NodeView:
+        """The view of a node record (dropping what only the record carries)."""
+        return NodeView(**{name: getattr(node, name) for name in NodeView.__struct_fields__})
+
+
+class NodeInfo(NodeView, kw_only=True):
+    """The node record at ``secauto:nodes:<cluster>:<node_id>``: the view plus what readers need."""
+
     last_seen_epoch: float  # for staleness checks without parsing timestamps
 
 

@@ -15,7 +15,7 @@ from secauto.api.app import ENGINE, SETTINGS, SYSTEM, read_json, requires
 from secauto.api.errors import ApiError, ErrorDetail
 from secauto.api.spec import operation, respond, respond_spliced, whole
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
-from secauto.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus, NodeInfo, new_job_id, utc_now
+from secauto.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus, NodeView, new_job_id, utc_now
 
 JOB_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,100}")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -99,29 +99,6 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
         playbook=playbook,
         context=body.context,
     )
-
-
-class NodeView(msgspec.Struct, kw_only=True):
-    """A node as ``GET /cluster`` shows it: its record (:class:`secauto.models.NodeInfo`) without the
-    internal ``last_seen_epoch``."""
-
-    id: str
-    host: str
-    port: int
-    status: str  # active | draining | inactive
-    started_at: str
-    last_seen: str
-    capabilities: list[str]
-    load: float
-    jobs_running: int
-    jobs_completed: int
-    jobs_failed: int
-    capacity: int
-    version: str
-
-    @classmethod
-    def of(cls, node: NodeInfo) -> NodeView:
-        return cls(**{name: getattr(node, name) for name in cls.__struct_fields__})
 
 
 class ClusterInfo(msgspec.Struct, kw_only=True):

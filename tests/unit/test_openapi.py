@@ -15,12 +15,12 @@ from openapi_spec_validator import validate as validate_openapi
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from secauto.api.app import METRICS_ROLE, declared_role, route_modules
-from secauto.api.cluster import JobResponse, NodeView
+from secauto.api.cluster import JobResponse
 from secauto.api.dlq import DlqResponse
 from secauto.api.errors import ErrorResponse
 from secauto.api.openapi import KEYED, build_document, routes
 from secauto.api.spec import JSON, declared_operation
-from secauto.models import NodeInfo
+from secauto.models import NodeInfo, NodeView
 from secauto.node import Node
 from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth, node_settings, running_node
 
