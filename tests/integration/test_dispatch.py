@@ -176,14 +176,26 @@ async def test_affinity_is_only_a_preference(redis_url: str, redis_client: redis
 async def test_priority_first_then_fifo_when_all_nodes_are_busy(redis_url: str,
                                                                 redis_client: redis.asyncio.Redis) -> None:
     stack, nodes = await cluster_of(redis_url, [1, 1, 1])
-    async with stack, aiohttp.ClientSession() as session:
-        blockers = await submit_batch(session, nodes[0], [sleeping(1) for _ in range(3)])
-        await wait_running(redis_client, blockers, 3)
-        queued = [{"playbook": [{"action": "log", "message": "x"}], "priority": p} for p in (0, 0, 5, 1, 5)]
-        ids = await submit_batch(session, nodes[0], queued)
-        jobs = await wait_done(redis_client, ids)
-        started = sorted(range(5), key=lambda index: jobs[index]["started_at"])
-        assert started[:2] == [2, 4] and started[2] == 3 and started[3:] == [0, 1], started
+    # The order of job.started events is the order of the claims (timestamps have 1 ms resolution).
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(f"secauto:events:{CLUSTER}")
+    try:
+        async with stack, aiohttp.ClientSession() as session:
+            blockers = await submit_batch(session, nodes[0], [sleeping(1) for _ in range(3)])
+            await wait_running(redis_client, blockers, 3)
+            queued = [{"playbook": [{"action": "log", "message": "x"}], "priority": p} for p in (0, 0, 5, 1, 5)]
+            ids = await submit_batch(session, nodes[0], queued)
+            await wait_done(redis_client, ids)
+        order = []
+        while (message := await pubsub.get_message(timeout=0.5)) is not None:
+            if message["type"] != "message":
+                continue
+            event = msgspec.json.decode(message["data"])
+            if event["type"] == "job.started" and event["job_id"] in ids:
+                order.append(ids.index(event["job_id"]))
+    finally:
+        await pubsub.aclose()
+    assert order[:2] == [2, 4] and order[2] == 3 and order[3:] == [0, 1], order
 
 
 async def test_delayed_jobs_wait_without_blocking_others(redis_url: str, redis_client: redis.asyncio.Redis) -> None:

@@ -10,7 +10,9 @@
 --                     with a free slot, jobs ahead in the queue counted as taken by their preferred
 --                     node; ties go to the claiming node, then by node id (waits up to ARGV[8] ms)
 -- A retry avoids the node it failed on until avoid_until. A job whose tag is at its cluster-wide limit
--- (ARGV[12..]: tag, limit pairs) waits for a job with that tag to end.
+-- (ARGV[12..]: tag, limit pairs) waits for a job with that tag to end. Priority comes first: once a
+-- job is left for another node, this node takes no job of a lower priority in the same call (it would
+-- start before a higher-priority job that is still waiting).
 --
 -- KEYS[1] queue ZSET, KEYS[2] running ZSET (score = lease deadline ms), KEYS[3] delayed ZSET,
 -- KEYS[4] sequence, KEYS[5] load HASH (node -> running), KEYS[6] capacity HASH (node -> slots),
@@ -71,6 +73,7 @@ local function tag_blocked(tags)
 end
 
 local deadline = now + lease
+local reserved_floor = nil  -- priority of the first job left for another node
 local candidates = redis.call('ZRANGE', queue, 0, math.min(max_jobs * 4 + 32, 1000) - 1)
 for _, id in ipairs(candidates) do
   if #claimed >= max_jobs then break end
@@ -84,6 +87,8 @@ for _, id in ipairs(candidates) do
   elseif #names > 1 and tok_str(h.avoid_node) == node and now < tonumber(h.avoid_until) then
     -- (with no other active node, avoiding this one would only delay the retry)
     recheck_in(tonumber(h.avoid_until) - now)
+  elseif reserved_floor and tonumber(h.priority) < reserved_floor then
+    break  -- the queue is in priority order: everything from here on is lower
   else
     local tags = job_tags(h)
     if not tag_blocked(tags) then
@@ -119,6 +124,7 @@ for _, id in ipairs(candidates) do
         -- Left for its preferred node; counted there so the next jobs spread over the others.
         load[preferred] = load[preferred] + 1
         recheck_in(wait - age)
+        reserved_floor = reserved_floor or tonumber(h.priority)
       end
     end
   end
