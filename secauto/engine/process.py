@@ -95,17 +95,30 @@ async def _feed(writer: asyncio.StreamWriter | None, data: bytes) -> None:
         return
 
 
-async def _wait_exit(proc: asyncio.subprocess.Process) -> None:
-    """Wait until the child has exited (and was reaped).
+class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The protocol of ``asyncio.create_subprocess_exec``, plus an event set the moment the child is
+    reaped. (``Process.wait()`` also waits for the child's pipes to close, which a descendant that
+    inherited them can delay forever; polling ``returncode`` instead added up to 50 ms per script.)"""
 
-    ``Process.wait()`` only returns once the child's pipes are closed too, which a descendant that
-    inherited them can delay forever; the return code, though, is set as soon as the child is reaped,
-    so this polls it (5 ms at first, then every 50 ms).
-    """
-    delay = 0.005
-    while proc.returncode is None:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+async def _spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None
+                 ) -> tuple[asyncio.subprocess.Process, asyncio.Event]:
+    """``asyncio.create_subprocess_exec`` with pipes on all three streams, in a new session, returning
+    the process and an event set when it exits. Raises OSError when the program cannot start."""
+    loop = asyncio.get_running_loop()
+    protocol = _ExitAwareProtocol(limit=CHUNK, loop=loop)
+    transport, _ = await loop.subprocess_exec(
+        lambda: protocol, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=dict(env), cwd=cwd, start_new_session=True)
+    return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
 
 
 async def run_process(
@@ -118,15 +131,7 @@ async def run_process(
     max_output_bytes: int,
 ) -> ProcessOutcome:
     """Run ``argv`` to completion; see the module docstring for the kill/cancel guarantees."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env),
-        cwd=cwd,
-        start_new_session=True,
-    )
+    proc, exited = await _spawn(argv, env=env, cwd=cwd)
     pgid = proc.pid  # start_new_session: the child leads its own session and process group
     out = _Capture(max_output_bytes, lambda: kill_group(pgid))
     err = _Capture(max_output_bytes, lambda: kill_group(pgid))
@@ -137,7 +142,7 @@ async def run_process(
             feeder = tg.create_task(_feed(proc.stdin, stdin))
             try:
                 async with asyncio.timeout(time_limit):
-                    await _wait_exit(proc)
+                    await exited.wait()
             except TimeoutError:
                 timed_out = True
             finally:
@@ -148,7 +153,7 @@ async def run_process(
     finally:
         if proc.returncode is None:  # cancelled or failed before the exit was seen
             kill_group(pgid)
-            await _wait_exit(proc)
+            await exited.wait()
     stdout, stderr = bytes(out.data), bytes(err.data)
     if out.overflowed or err.overflowed:
         which = "stdout" if out.overflowed else "stderr"
@@ -159,5 +164,5 @@ async def run_process(
         message = f"timed out after {time_limit:g}s; the process group was killed"
         raise ProcessTimeout(message, stdout=stdout, stderr=stderr)
     returncode = proc.returncode
-    assert returncode is not None  # _wait_exit returned
+    assert returncode is not None  # the exit was seen
     return ProcessOutcome(returncode=returncode, stdout=stdout, stderr=stderr)
