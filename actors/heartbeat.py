@@ -11,6 +11,7 @@ connections at once rather than when the old primary is demoted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -20,8 +21,17 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
-from actors.core import Actor
-from actors.messages import Beat, CheckHealth, CheckPrimary, ExecutorStats, GetStats, HealthReport, SetStatus
+from actors.core import Actor, ActorDeadError
+from actors.messages import (
+    Beat,
+    CheckHealth,
+    CheckPrimary,
+    ExecutorStats,
+    GetStats,
+    HealthReport,
+    PrimaryMoved,
+    SetStatus,
+)
 from secauto import __version__
 from secauto.models import NodeInfo, format_timestamp, make_event
 from secauto.store.connection import follow_failover
@@ -103,6 +113,10 @@ class HeartbeatActor(Actor):
             return
         if moved_to is not None:
             self.log.warning("Redis primary moved to {} (Sentinel failover); reconnecting", moved_to)
+            # Writes of the last seconds (heartbeats, lease renewals) may have gone to the old primary:
+            # the reaper must give every node time to write again before judging anyone lost.
+            with contextlib.suppress(KeyError, ActorDeadError):
+                self.system.get("reaper").tell(PrimaryMoved())
 
     async def _check_health(self) -> HealthReport:
         try:

@@ -162,6 +162,10 @@ class Reap(msgspec.Struct, frozen=True):
     """Timer: (leader only) recover jobs whose lease expired."""
 
 
+class PrimaryMoved(msgspec.Struct, frozen=True):
+    """Tell (heartbeat -> reaper): a Sentinel failover moved the Redis primary."""
+
+
 class IsLeader(msgspec.Struct, frozen=True):
     """Ask: does this node hold the leader lease? Answers bool."""
 

@@ -7,7 +7,8 @@ changes nothing.
 
 Recovery is driven by liveness, never by run time: a job is taken back when its lease expired (its
 node stopped renewing) or when its node's record is gone (3 missed heartbeats). After this node lost
-Redis, nothing is reaped for one lease period (or heartbeat interval, if longer) once Redis answers again:
+Redis, nothing is reaped for one lease period (or heartbeat interval, if longer) once Redis answers again,
+or after a Sentinel failover moved the primary (writes of the last seconds may be lost with the old one):
 every node's renewals and heartbeats failed during the outage too, and they must get the chance to
 renew before anything counts as lost (otherwise a Redis blip would requeue every running job). The time from the lost
 node's last sign of life to the takeover is logged and kept in :class:`RecoveryStats`.
@@ -25,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor
-from actors.messages import Elect, GetRecoveryStats, IsLeader, Reap, RecoveryStats
+from actors.messages import Elect, GetRecoveryStats, IsLeader, PrimaryMoved, Reap, RecoveryStats
 from secauto.models import make_event
 from secauto.store.jobs import Recovery
 
@@ -71,6 +72,8 @@ class ReaperActor(Actor):
                     await self._reap()
             case IsLeader():
                 return self.is_leader
+            case PrimaryMoved():
+                self._last_redis_error = time.monotonic()  # same grace as after an outage
             case GetRecoveryStats():
                 return self.stats
             case _:
