@@ -169,13 +169,3 @@ class PrimaryMoved(msgspec.Struct, frozen=True):
 class IsLeader(msgspec.Struct, frozen=True):
     """Ask: does this node hold the leader lease? Answers bool."""
 
-
-class GetRecoveryStats(msgspec.Struct, frozen=True):
-    """Ask: the reaper's recovery statistics (a RecoveryStats)."""
-
-
-class RecoveryStats(msgspec.Struct, kw_only=True):
-    recovered: int = 0  # jobs taken from lost nodes (requeued, failed or quarantined)
-    quarantined: int = 0
-    last_recovery_s: float | None = None  # from the lost node's last sign of life to the requeue
-    max_recovery_s: float | None = None

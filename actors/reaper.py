@@ -11,7 +11,7 @@ Redis, nothing is reaped for one lease period (or heartbeat interval, if longer)
 or after a Sentinel failover moved the primary (writes of the last seconds may be lost with the old one):
 every node's renewals and heartbeats failed during the outage too, and they must get the chance to
 renew before anything counts as lost (otherwise a Redis blip would requeue every running job). The time from the lost
-node's last sign of life to the takeover is logged and kept in :class:`RecoveryStats`.
+node's last sign of life to the takeover is logged and observed in ``secauto_recovery_seconds``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor
-from actors.messages import Elect, GetRecoveryStats, IsLeader, PrimaryMoved, Reap, RecoveryStats
+from actors.messages import Elect, IsLeader, PrimaryMoved, Reap
 from secauto.models import make_event
 from secauto.store.jobs import Recovery
 
@@ -38,7 +38,6 @@ class ReaperActor(Actor):
         self.ctx = ctx
         self.token = f"{ctx.node_id}:{secrets.token_hex(8)}"
         self.is_leader = False
-        self.stats = RecoveryStats()
         self._last_redis_error = 0.0  # monotonic time of this node's last failed Redis call
         self.log = logger.bind(component="reaper", node_id=ctx.node_id)
 
@@ -74,8 +73,6 @@ class ReaperActor(Actor):
                 return self.is_leader
             case PrimaryMoved():
                 self._last_redis_error = time.monotonic()  # same grace as after an outage
-            case GetRecoveryStats():
-                return self.stats
             case _:
                 raise TypeError(f"reaper got an unexpected message {message!r}")
         return None
@@ -131,11 +128,6 @@ class ReaperActor(Actor):
         if not recovery.total:
             return
         seconds = max(0.0, time.time() - lost_since_ms / 1000)
-        stats = self.stats
-        stats.recovered += recovery.total
-        stats.quarantined += recovery.quarantined
-        stats.last_recovery_s = round(seconds, 3)
-        stats.max_recovery_s = max(stats.max_recovery_s or 0.0, stats.last_recovery_s)
         metrics = self.ctx.metrics
         metrics.jobs_recovered.inc(recovery.total)
         metrics.recovery_time.observe(seconds)
@@ -143,6 +135,6 @@ class ReaperActor(Actor):
             metrics.jobs_dead_lettered.labels(reason="node_lost").inc(recovery.failed)
         if recovery.quarantined:
             metrics.jobs_dead_lettered.labels(reason="poison").inc(recovery.quarantined)
-        self.log.bind(recovery_s=stats.last_recovery_s).warning(
+        self.log.bind(recovery_s=round(seconds, 3)).warning(
             "recovered {} orphaned job(s): {} requeued, {} failed (retries used up), {} quarantined (poison)",
             recovery.total, recovery.requeued, recovery.failed, recovery.quarantined)

@@ -292,20 +292,6 @@ class JobQueue:
     async def running_size(self) -> int:
         return int(await self.redis.zcard(self.keys.running))
 
-    async def running_attempts(self, node_id: str) -> dict[str, int]:
-        """Jobs the registry says run on ``node_id`` (job id -> attempt); O(running jobs)."""
-        ids = [_text(job_id) for job_id in await self.redis.zrange(self.keys.running, 0, -1)]
-        if not ids:
-            return {}
-        records = await self.redis.mget([self.keys.job(job_id) for job_id in ids])
-        owned = {}
-        for record in records:
-            if record is not None:
-                job = job_decoder.decode(record)
-                if job.status == "running" and job.assigned_to == node_id:
-                    owned[job.id] = job.attempt
-        return owned
-
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 import time
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from secauto.engine import EngineSettings, PlaybookResult, run_playbook
+from tests.support.procs import pid_exists
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -142,17 +142,7 @@ async def run(playbook: Any, settings: EngineSettings, context: dict[str, Any] |
 
 def alive(pid: int) -> bool:
     """True while ``pid`` is a live process (a zombie waiting for its reaper counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return pid_exists(pid)
 
 
 def wait_dead(pids: list[int], within: float = 3.0) -> list[int]:
