@@ -164,8 +164,8 @@ class SecautoClient:
         return [str(job_id) for job_id in ids]
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
-        """The job record (``GET /cluster/jobs/{id}``): id, status, submitted_at, started_at,
-        completed_at, assigned_to, attempt, results, ...
+        """The job's public view (``GET /cluster/jobs/{id}``): id, status, playbook, context,
+        submitted_at, submitted_by, started_at, completed_at, assigned_to, attempt, results, attempts, ...
 
         Raises :class:`SecautoError` 404 (``not_found``) for an unknown or expired job id.
         """

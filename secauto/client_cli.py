@@ -198,8 +198,9 @@ async def _jobs(client: SecautoClient, args: argparse.Namespace) -> int:
         if args.json:
             _emit(job)
         else:
-            for field in ("id", "status", "priority", "tags", "assigned_to", "attempt", "retry_count", "submitted_at",
-                          "started_at", "completed_at", "reason", "error"):
+            for field in ("id", "status", "playbook_name", "priority", "tags", "assigned_to", "attempt", "retry_count",
+                          "max_retries", "submitted_at", "submitted_by", "started_at", "completed_at", "reason",
+                          "error"):
                 print(f"{field:13} {job.get(field)}")
             _describe_end({**job, "error": None}, sys.stdout)
         return EXIT_OK

@@ -82,6 +82,7 @@ class Job(msgspec.Struct, kw_only=True):
     # --- body: written by Python, except `attempts`, to which Lua appends (it must stay last) ---
     submitted_at: str
     submitted_to: str  # the node whose API accepted the job
+    submitted_by: str | None = None  # the name of the API key that submitted it
     tags: list[str] = []
     timeout: float | None = None
     run_at: str | None = None  # RFC 3339: not started before this time (from run_at, for display)
@@ -89,6 +90,40 @@ class Job(msgspec.Struct, kw_only=True):
     playbook: list[Any] = []
     context: dict[str, Any] = {}
     results: list[Any] = []
+    attempts: list[Attempt] = []
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    """A job as the API shows it (``GET /cluster/jobs/{id}``, the DLQ): the cluster document's fields
+    plus what users need to follow a job, without the bookkeeping that only the Lua scripts read
+    (``node_losses``, ``avoid_node``, ``avoid_until``, ``target``, ``enqueued_at``, ``tag_list``).
+
+    Decoded straight from the stored record: fields not listed here are skipped by the decoder.
+    """
+
+    id: str
+    status: JobStatus
+    playbook_name: str | None = None
+    playbook: list[Any] = []
+    context: dict[str, Any] = {}
+    submitted_at: str
+    submitted_by: str | None = None
+    submitted_to: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    assigned_to: str | None = None  # the node running it, or the one that ran its last attempt
+    results: list[Any] = []
+    error: str | None = None
+    # Why the job failed or was dead-lettered: playbook_error, timeout, node_lost, poison, cancelled.
+    reason: str | None = None
+    attempt: int = 0  # attempts started so far; the latest one's fencing token
+    retry_count: int = 0
+    max_retries: int = 3
+    priority: int = 0
+    tags: list[str] = []
+    affinity: str | None = None
+    timeout: float | None = None
+    run_at: str | None = None
     attempts: list[Attempt] = []
 
 
@@ -153,5 +188,6 @@ def make_event(kind: str, **fields: Any) -> Event:
 
 json_encoder = msgspec.json.Encoder()
 job_decoder = msgspec.json.Decoder(Job)
+job_view_decoder = msgspec.json.Decoder(JobView)
 node_decoder = msgspec.json.Decoder(NodeInfo)
 event_decoder = msgspec.json.Decoder(Event)

@@ -29,7 +29,7 @@ from actors.messages import ExecutorStats, GetStats, HandBack, SetStatus, StopCl
 from actors.reaper import ReaperActor
 from actors.webhooks import WebhookActor
 from secauto.api.app import create_app
-from secauto.api.events import EventSource
+from secauto.api.state import EventSource
 from secauto.config import Settings
 from secauto.engine import EngineSettings
 from secauto.metrics import NodeMetrics

@@ -11,11 +11,23 @@ import msgspec
 from aiohttp import web
 
 from actors.messages import CancelJob, ClusterView, GetClusterView, GetJob, RequeueJob, SubmitJobs
-from secauto.api.app import ENGINE, SETTINGS, SYSTEM, read_json, requires
 from secauto.api.errors import ApiError, ErrorDetail
-from secauto.api.spec import operation, respond, respond_spliced, whole
+from secauto.api.inputs import read_json
+from secauto.api.roles import requires
+from secauto.api.spec import operation, respond, whole
+from secauto.api.state import ENGINE, IDENTITY, SETTINGS, SYSTEM
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
-from secauto.models import MAX_PRIORITY, MIN_PRIORITY, Job, JobStatus, NodeView, new_job_id, utc_now
+from secauto.models import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Job,
+    JobStatus,
+    JobView,
+    NodeView,
+    job_view_decoder,
+    new_job_id,
+    utc_now,
+)
 
 JOB_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,100}")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -84,12 +96,14 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
     except PlaybookInvalid as exc:
         raise ApiError(400, "validation_error", f"invalid playbook: {exc}", _playbook_problems(exc)) from None
     cluster = settings.config.cluster
+    identity = request.get(IDENTITY)
     return Job(
         id=new_job_id(),
         max_retries=cluster.max_retries if body.max_retries is None else body.max_retries,
         priority=body.priority,
         submitted_at=utc_now(),
         submitted_to=settings.node_id,
+        submitted_by=identity.name if identity is not None else None,
         tags=list(body.tags),
         tag_list=",".join(body.tags) or None,
         affinity=body.affinity,
@@ -131,10 +145,10 @@ class BatchSubmitResponse(msgspec.Struct, kw_only=True):
 
 
 class JobResponse(msgspec.Struct, kw_only=True):
-    """``GET /cluster/jobs/{job_id}``: the stored job record, spliced in as it is stored."""
+    """``GET /cluster/jobs/{job_id}``: the job's public view."""
 
     success: Literal[True] = True
-    job: Job
+    job: JobView
     timestamp: str = msgspec.field(default_factory=utc_now)
 
 
@@ -208,16 +222,14 @@ def job_id_from(request: web.Request) -> str:
 
 @requires("viewer")
 @operation("A job: status, attempts, results, context", ok=JobResponse, path={"job_id": JobId}, errors=(404,),
-           tag="jobs", description="The job as stored: id, playbook, context, status, submitted_at, started_at, "
-                                   "completed_at, assigned_to, results, retry_count, attempts, priority, tags, ...")
+           tag="jobs", description="The job: id, playbook, context, status, submitted_at, started_at, completed_at, "
+                                   "assigned_to, results, retry_count, priority, tags, attempts, error, reason, ...")
 async def get_job(request: web.Request) -> web.StreamResponse:
     job_id = job_id_from(request)
     raw: bytes | None = await request.app[SYSTEM].get("dispatcher").ask(GetJob(job_id), timeout=5.0)
     if raw is None:
         raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, or expired after the retention period)")
-    # The stored record is already the job's JSON: splice it in rather than decode and re-encode it.
-    body = b'{"success":true,"job":' + raw + b',"timestamp":"' + utc_now().encode() + b'"}'
-    return respond_spliced(request, body, JobResponse)
+    return respond(request, JobResponse(job=job_view_decoder.decode(raw)))
 
 
 @requires("operator")

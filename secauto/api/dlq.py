@@ -9,11 +9,13 @@ import msgspec
 from aiohttp import web
 
 from actors.messages import ForgetJob, ListDeadLetters, RequeueJob
-from secauto.api.app import SYSTEM, parse_query, requires
 from secauto.api.cluster import JobId, JobStatusResponse, job_id_from
 from secauto.api.errors import ApiError
-from secauto.api.spec import operation, respond, respond_spliced
-from secauto.models import Job, utc_now
+from secauto.api.inputs import parse_query
+from secauto.api.roles import requires
+from secauto.api.spec import operation, respond
+from secauto.api.state import SYSTEM
+from secauto.models import JobView, job_view_decoder, utc_now
 
 
 class DlqQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -24,11 +26,11 @@ class DlqQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class DlqPage(msgspec.Struct, kw_only=True):
     size: int  # dead-lettered jobs in all
     offset: int
-    jobs: list[Job]  # newest first
+    jobs: list[JobView]  # newest first
 
 
 class DlqResponse(msgspec.Struct, kw_only=True):
-    """``GET /cluster/dlq``: stored job records, spliced in as they are stored."""
+    """``GET /cluster/dlq``: dead-lettered jobs in their public view."""
 
     success: Literal[True] = True
     dlq: DlqPage
@@ -48,10 +50,8 @@ async def list_dead_letters(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, DlqQuery)
     size, records = await request.app[SYSTEM].get("dispatcher").ask(
         ListDeadLetters(offset=query.offset, limit=query.limit), timeout=10.0)
-    # Records are stored JSON already: splice them rather than decode and re-encode them.
-    body = (b'{"success":true,"dlq":{"size":' + str(size).encode() + b',"offset":' + str(query.offset).encode()
-            + b',"jobs":[' + b",".join(records) + b']},"timestamp":"' + utc_now().encode() + b'"}')
-    return respond_spliced(request, body, DlqResponse)
+    jobs = [job_view_decoder.decode(record) for record in records]
+    return respond(request, DlqResponse(dlq=DlqPage(size=size, offset=query.offset, jobs=jobs)))
 
 
 @requires("operator")

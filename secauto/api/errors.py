@@ -1,4 +1,4 @@
-"""The API's error type and the JSON error body of DESIGN.md section 4."""
+"""The API's error type and the JSON error body of the README ("HTTP API")."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ class ApiError(Exception):
 
 
 encoder = msgspec.json.Encoder()
+# Seconds a client should wait after a 503 (Redis unreachable, node busy or stopping).
+RETRY_AFTER_S = "5"
 
 
 def encoded_response(body: msgspec.Struct, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -18,24 +18,15 @@ import msgspec
 from aiohttp import web
 from loguru import logger
 from msgspec import UNSET, UnsetType
-from redis.asyncio import Redis
 
-from secauto.api.app import parse_query, requires
+from secauto.api.inputs import parse_query
+from secauto.api.roles import requires
 from secauto.api.spec import REF_TEMPLATE, operation, whole
+from secauto.api.state import EVENTS
 from secauto.models import Event, event_decoder
 from secauto.store.events import RESUBSCRIBED, subscribe
 
 KEEPALIVE_S = 15.0
-
-
-class EventSource(msgspec.Struct, frozen=True):
-    """Where a node's API reads events from."""
-
-    redis: Redis
-    channel: str
-
-
-EVENTS = web.AppKey("events", EventSource)
 
 
 class EventsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -9,8 +9,10 @@ from aiohttp import web
 
 from actors.messages import CheckHealth, HealthReport
 from secauto import __version__
-from secauto.api.app import CLUSTER_MODE, RETRY_AFTER_S, SETTINGS, SYSTEM, public
+from secauto.api.errors import RETRY_AFTER_S
+from secauto.api.roles import public
 from secauto.api.spec import operation, respond
+from secauto.api.state import CLUSTER_MODE, SETTINGS, SYSTEM
 from secauto.models import utc_now
 
 

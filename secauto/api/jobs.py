@@ -12,8 +12,10 @@ from aiohttp import web
 from msgspec import UNSET, UnsetType
 
 from actors.messages import ListJobs, RecentEnds
-from secauto.api.app import SYSTEM, parse_query, requires
+from secauto.api.inputs import parse_query
+from secauto.api.roles import requires
 from secauto.api.spec import operation, respond, whole
+from secauto.api.state import SYSTEM
 from secauto.models import Job, JobStatus, job_decoder, utc_now
 
 MAX_SCAN = 5000  # index entries one request may read while filtering

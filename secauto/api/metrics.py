@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from actors.messages import ClusterView, ExecutorStats, GetClusterView, GetStats, IsLeader, ListDeadLetters
-from secauto.api.app import METRICS, SYSTEM, metrics_role
+from secauto.api.roles import metrics_role
 from secauto.api.spec import operation
+from secauto.api.state import METRICS, SYSTEM
 
 
 @metrics_role

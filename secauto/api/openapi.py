@@ -1,27 +1,30 @@
 """``GET /openapi.json``: the API as an OpenAPI 3.1 document, generated from the routes' declarations.
 
-Nothing here is written by hand per route: paths, methods and parameters come from each module's
-``ROUTES``, bodies and responses from the msgspec types the handlers decode and encode (declared with
-:func:`secauto.api.spec.operation`), security from the role decorators. Schemas come from
-``msgspec.json.schema_components``, with one adjustment: msgspec describes what it *accepts* (a field
-with a default may be left out), while a response always carries every field of its Struct (except
-``UNSET`` ones and, for ``omit_defaults`` Structs, defaulted ones), so response schemas list those as
-required. A Struct may therefore serve as a request body or in a response, not both.
+Nothing here is written by hand per route: paths, methods and parameters come from the app's routes
+(:func:`secauto.api.routes.route_table`), bodies and responses from the msgspec types the handlers
+decode and encode (declared with :func:`secauto.api.spec.operation`), security from the role
+decorators. Schemas come from ``msgspec.json.schema_components``, with one adjustment: msgspec
+describes what it *accepts* (a field with a default may be left out), while a response always carries
+every field of its Struct (except ``UNSET`` ones and, for ``omit_defaults`` Structs, defaulted ones),
+so response schemas list those as required. A Struct may therefore serve as a request body or in a
+response, not both.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from secauto import __version__
-from secauto.api.app import METRICS_ROLE, SETTINGS, declared_role, public
 from secauto.api.errors import ErrorResponse
+from secauto.api.roles import METRICS_ROLE, declared_role, public
 from secauto.api.spec import JSON, REF_TEMPLATE, Operation, declared_operation, operation, respond_spliced
+from secauto.api.state import SETTINGS
 from secauto.models import Event
 
 OPENAPI_VERSION = "3.1.0"
@@ -64,23 +67,21 @@ class Route(msgspec.Struct, frozen=True):
     role: str
 
 
-def routes() -> list[Route]:
-    """Every route of :func:`secauto.api.app.route_modules` with its declarations."""
-    from secauto.api.app import route_modules
-
+def routes(table: Iterable[tuple[str, str, Any]]) -> list[Route]:
+    """The ``(method, path, handler)`` entries of ``table`` with their declarations."""
     found = []
-    for module in route_modules():
-        for method, path, handler in module.ROUTES:
-            op, role = declared_operation(handler), declared_role(handler)
-            if op is None or role is None:
-                raise RuntimeError(f"route {method} {path} lacks its operation or role declaration")
-            found.append(Route(method, path, handler, op, role))
+    for method, path, handler in table:
+        op, role = declared_operation(handler), declared_role(handler)
+        if op is None or role is None:
+            raise RuntimeError(f"route {method} {path} lacks its operation or role declaration")
+        found.append(Route(method, path, handler, op, role))
     return found
 
 
-def build_document(*, metrics_public: bool = False) -> OpenApiDocument:
-    """The OpenAPI document (a fresh dict; :func:`document_bytes` caches the encoded form)."""
-    table = routes()
+def build_document(entries: Iterable[tuple[str, str, Any]], *, metrics_public: bool = False) -> OpenApiDocument:
+    """The OpenAPI document of the routes in ``entries`` (a fresh dict; :func:`document_bytes` caches
+    the encoded form)."""
+    table = routes(entries)
     bodies = _unique(route.operation.body for route in table if route.operation.body is not None)
     queries = _unique(route.operation.query for route in table if route.operation.query is not None)
     answers = _unique([ErrorResponse, Event, *(kind for route in table
@@ -126,15 +127,18 @@ def build_document(*, metrics_public: bool = False) -> OpenApiDocument:
 
 
 @functools.cache
-def document_bytes(metrics_public: bool) -> bytes:
-    return msgspec.json.encode(build_document(metrics_public=metrics_public))
+def document_bytes(entries: tuple[tuple[str, str, Any], ...], metrics_public: bool) -> bytes:
+    return msgspec.json.encode(build_document(entries, metrics_public=metrics_public))
 
 
 @public
 @operation("This API as an OpenAPI 3.1 document", ok=OpenApiDocument, store=False, tag="meta")
 async def openapi_document(request: web.Request) -> web.StreamResponse:
-    """Generated from the same types the handlers use; built once per process."""
-    return respond_spliced(request, document_bytes(request.app[SETTINGS].config.metrics.public), OpenApiDocument)
+    """Generated from the same types the handlers use, for the routes this app serves; built once."""
+    entries = tuple((route.method, route.resource.canonical, route.handler) for route in request.app.router.routes()
+                    if route.resource is not None)
+    return respond_spliced(request, document_bytes(entries, request.app[SETTINGS].config.metrics.public),
+                           OpenApiDocument)
 
 
 ROUTES = [

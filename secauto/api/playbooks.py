@@ -13,9 +13,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from secauto.api.app import ENGINE, SETTINGS, read_json, requires
 from secauto.api.errors import ApiError, ErrorDetail
+from secauto.api.inputs import read_json
+from secauto.api.roles import requires
 from secauto.api.spec import operation, respond
+from secauto.api.state import ENGINE, SETTINGS, SYNC_SLOTS
 from secauto.engine import (
     PlaybookInvalid,
     StepResult,
@@ -25,8 +27,6 @@ from secauto.engine import (
     validate_playbook,
 )
 from secauto.models import utc_now
-
-SYNC_SLOTS = web.AppKey("sync_slots", asyncio.Semaphore)
 
 
 class PlaybookRun(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

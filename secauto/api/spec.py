@@ -2,7 +2,7 @@
 handlers (bodies, queries and responses go through these types) and by ``GET /openapi.json``.
 
 A handler is declared with :func:`operation` (what it takes and answers) beside the role decorator
-(:func:`secauto.api.app.requires` and friends)::
+(:func:`secauto.api.roles.requires` and friends)::
 
     @requires("operator")
     @operation("Submit a job", body=JobSubmission, ok=SubmitResponse)
@@ -10,7 +10,7 @@ A handler is declared with :func:`operation` (what it takes and answers) beside 
 
 and answers with :func:`respond` (a response Struct) or :func:`respond_spliced` (bytes already laid out
 as the declared type). Both refuse, as a programming error, a type or status the declaration does not
-name; :func:`secauto.api.app.read_json` and :func:`secauto.api.app.parse_query` likewise refuse a type
+name; :func:`secauto.api.inputs.read_json` and :func:`secauto.api.inputs.parse_query` likewise refuse a type
 other than the declared body or query. So the document cannot drift from what the handlers do.
 """
 

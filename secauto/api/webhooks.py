@@ -15,13 +15,13 @@ import msgspec
 from aiohttp import web
 
 from actors.webhooks import ListWebhooks, RefreshWebhooks
-from secauto.api.app import SYSTEM, read_json, requires
 from secauto.api.errors import ApiError, ErrorDetail
+from secauto.api.inputs import read_json
+from secauto.api.roles import requires
 from secauto.api.spec import operation, respond
+from secauto.api.state import SYSTEM, WEBHOOKS
 from secauto.models import EVENT_TYPES, utc_now
-from secauto.store.webhooks import WebhookSpec, WebhookStore
-
-WEBHOOKS = web.AppKey("webhook_store", WebhookStore)
+from secauto.store.webhooks import WebhookSpec
 
 EventType = Annotated[str, msgspec.Meta(max_length=40)]
 

@@ -7,7 +7,7 @@ Public API (used by the HTTP API, the cluster executor and the command line)::
     resolve_named_playbook(name, settings) -> Path         # confined to playbooks_dir
     await run_playbook(playbook, context, settings, job_id=None) -> PlaybookResult
 
-See DESIGN.md section 4 for the playbook language and the module docstrings for the details:
+See the README ("Playbooks") for the playbook language and the module docstrings for the details:
 :mod:`.validation` (forms and limits), :mod:`.runner` (options, failures, cancellation),
 :mod:`.templates`, :mod:`.conditions`, :mod:`.scripts` (the script sandbox) and :mod:`.actions`.
 """

@@ -11,7 +11,7 @@ StepStatus = Literal["completed", "failed", "skipped"]
 
 
 class StepResult(msgspec.Struct, kw_only=True):
-    """The record of one step. ``output`` is the action's result (see DESIGN.md section 4)."""
+    """The record of one step. ``output`` is the action's result (see the README, "Playbooks")."""
 
     name: str
     action: str

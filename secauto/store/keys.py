@@ -1,6 +1,6 @@
 """Every Redis key and channel name SecAuto uses, in one place.
 
-Operators use the first four from redis-cli (see DESIGN.md section 3), so their spelling is a contract.
+Operators use the first four from redis-cli (see the README, "Redis keys"), so their spelling is a contract.
 Every key is either bounded in size or carries a TTL; the comment on each says which.
 """
 

@@ -183,11 +183,11 @@ async def test_unknown_route_and_method(http: aiohttp.ClientSession) -> None:
 
 
 def test_every_route_declares_a_role() -> None:
-    from secauto.api.app import declared_role, route_modules
+    from secauto.api.roles import declared_role
+    from secauto.api.routes import route_table
 
-    for module in route_modules():
-        for method, path, handler in module.ROUTES:
-            assert declared_role(handler) in ("public", "viewer", "operator", "admin", "metrics"), (method, path)
+    for method, path, handler in route_table():
+        assert declared_role(handler) in ("public", "viewer", "operator", "admin", "metrics"), (method, path)
 
 
 async def test_batch_submit_runs_every_job(http: aiohttp.ClientSession) -> None:

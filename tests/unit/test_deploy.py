@@ -562,8 +562,8 @@ def test_ports_agree_between_config_container_service_probes_and_image(tmp_path:
 
 
 def test_readiness_is_health_and_liveness_is_health_live() -> None:
-    from secauto.api.app import declared_role
     from secauto.api.health import ROUTES
+    from secauto.api.roles import declared_role
 
     container = secauto_container()
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"

@@ -14,22 +14,23 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from secauto.api.app import METRICS_ROLE, declared_role, route_modules
 from secauto.api.cluster import JobResponse
 from secauto.api.dlq import DlqResponse
 from secauto.api.errors import ErrorResponse
 from secauto.api.openapi import KEYED, build_document, routes
+from secauto.api.roles import METRICS_ROLE, declared_role
+from secauto.api.routes import route_table
 from secauto.api.spec import JSON, declared_operation
 from secauto.models import NodeInfo, NodeView
 from secauto.node import Node
 from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth, node_settings, running_node
 
-DOC = build_document()
-OPERATIONS = {(route.method, route.path): route.operation for route in routes()}
+DOC = build_document(route_table())
+OPERATIONS = {(route.method, route.path): route.operation for route in routes(route_table())}
 
 
 def all_routes() -> list[tuple[str, str, Any]]:
-    return [route for module in route_modules() for route in module.ROUTES]
+    return list(route_table())
 
 
 def test_every_route_declares_an_operation() -> None:
@@ -39,7 +40,7 @@ def test_every_route_declares_an_operation() -> None:
 
 @pytest.mark.parametrize("metrics_public", [False, True])
 def test_document_is_valid_openapi_3_1(metrics_public: bool) -> None:
-    document = build_document(metrics_public=metrics_public)
+    document = build_document(route_table(), metrics_public=metrics_public)
     assert document["openapi"].startswith("3.1")
     validate_openapi(document)  # raises with the offending part
     metrics = document["paths"]["/metrics"]["get"]
@@ -314,7 +315,8 @@ async def test_handlers_cannot_drift_from_their_declarations() -> None:
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
 
-    from secauto.api.app import error_middleware, read_json
+    from secauto.api.inputs import read_json
+    from secauto.api.middlewares import error_middleware
     from secauto.api.spec import operation, respond
 
     @operation("ok", ok=_Declared)
