@@ -3,7 +3,8 @@
 Every ``heartbeat_interval`` it writes the node record with a TTL of 3 intervals, so a node that
 misses three heartbeats disappears from the registry by itself. ``node.joined`` is published on the
 first successful write and ``node.left`` when the actor stops (after the record is deleted). A failed
-write is logged and retried on the next tick; it never crashes the actor. With Redis Sentinel it also
+write is logged and retried on the next tick; it never crashes the actor. The outcome of each write and
+of each health check sets ``secauto_redis_up`` (1 reached, 0 unreachable). With Redis Sentinel it also
 asks the sentinels every second where the primary is, so that a failover moves the node's
 connections at once rather than when the old primary is demoted.
 """
@@ -100,10 +101,12 @@ class HeartbeatActor(Actor):
             if self.last_error is not None:
                 self.log.info("Redis reachable again")
             self.last_error = None
+            self.ctx.metrics.redis_up.set(1)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             if self.last_error is None:
                 self.log.error("heartbeat failed, Redis unreachable: {}", exc)
             self.last_error = f"Redis unreachable: {exc}"
+            self.ctx.metrics.redis_up.set(0)
 
     async def _check_primary(self) -> None:
         try:
@@ -122,5 +125,7 @@ class HeartbeatActor(Actor):
         try:
             await asyncio.wait_for(self.ctx.queue.redis.ping(), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as exc:
+            self.ctx.metrics.redis_up.set(0)
             return HealthReport(healthy=False, reason=f"Redis unreachable: {exc or type(exc).__name__}")
+        self.ctx.metrics.redis_up.set(1)
         return HealthReport(healthy=True)

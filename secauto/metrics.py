@@ -2,7 +2,9 @@
 
 Each node has its own registry (several nodes can share a process in tests). Counters and histograms
 are updated where things happen (API, executor, reaper, webhooks); gauges that describe the cluster
-(queue size, DLQ size, active nodes) are read from the store when Prometheus scrapes.
+(queue size, DLQ size, active nodes) are read from the store when Prometheus scrapes, and are NaN
+(unknown) in a scrape that could not read them. ``secauto_redis_up`` says whether this node's latest
+Redis operation (heartbeat write, health check, scrape) succeeded.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class NodeMetrics:
         self.node_load = Gauge("secauto_node_load", "Running jobs / slots on this node", registry=registry)
         self.active_nodes = Gauge("secauto_active_nodes", "Active nodes in the cluster", registry=registry)
         self.is_leader = Gauge("secauto_leader", "1 if this node is the cluster leader", registry=registry)
+        # 0 until the first heartbeat write succeeds, so a node that never reached Redis says so.
+        self.redis_up = Gauge("secauto_redis_up", "1 if this node's latest Redis operation (heartbeat, health "
+                              "check, scrape) succeeded, else 0", registry=registry)
         self.webhook_deliveries = Counter("secauto_webhook_deliveries", "Webhook deliveries by outcome",
                                           ["outcome"], registry=registry)
         self.http_requests = Counter("secauto_http_requests", "HTTP requests by route, method and status",
