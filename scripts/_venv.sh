@@ -5,6 +5,8 @@
 #                       (with the dev extra when asked) only when pyproject.toml changed since the
 #                       last install; the stamp is .venv/.secauto-install-stamp.
 #   ensure_redis_server install redis-server with apt-get when it is not on PATH.
+#   ensure_promtool     put Prometheus' promtool (from Debian's prometheus package) in .venv/bin when
+#                       no promtool is on PATH; the tests check the alert rules with it.
 #   stage NAME          print a stage banner.
 
 stage() {
@@ -83,6 +85,55 @@ ensure_redis_server() {
     ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
     command -v redis-server >/dev/null 2>&1 || {
         echo "error: redis-server still not on PATH after apt-get install" >&2
+        return 1
+    }
+}
+
+# promtool alone, not `apt-get install prometheus`: that package also pulls a dozen web-UI packages,
+# creates a user and, where systemd runs, starts a Prometheus server. promtool is a static binary; it
+# is taken out of the downloaded package into .venv/bin (a new .venv takes it again).
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then
+        echo "promtool: $(command -v promtool)" >&2
+        return 0
+    fi
+    if [ -x .venv/bin/promtool ]; then
+        echo "promtool: .venv/bin/promtool" >&2
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
+        echo "error: promtool is not on PATH and apt-get/dpkg-deb are unavailable; install Prometheus' promtool (>= 2.37)" >&2
+        return 1
+    fi
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get) sudo=()
+    if [ "$(id -u)" -eq 0 ]; then
+        apt+=(-o APT::Sandbox::User=root)  # root downloads into a folder the _apt user cannot write
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo=(sudo)
+    fi
+    if ! apt-cache show prometheus >/dev/null 2>&1; then
+        if [ "$(id -u)" -ne 0 ] && [ ${#sudo[@]} -eq 0 ]; then
+            echo "error: no promtool, and the package lists lack prometheus; not root and no sudo to apt-get update" >&2
+            return 1
+        fi
+        echo "apt-get update (for the prometheus package)" >&2
+        ${sudo[@]+"${sudo[@]}"} "${apt[@]}" update
+    fi
+    local tmp
+    tmp="$(mktemp -d)"
+    echo "downloading Debian's prometheus package for its promtool" >&2
+    if ! (cd "$tmp" && "${apt[@]}" download prometheus >&2); then
+        rm -rf "$tmp"
+        echo "error: apt-get download prometheus failed" >&2
+        return 1
+    fi
+    dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -O ./usr/bin/promtool >.venv/bin/promtool.part
+    rm -rf "$tmp"
+    chmod 0755 .venv/bin/promtool.part
+    mv .venv/bin/promtool.part .venv/bin/promtool
+    .venv/bin/promtool --version >&2 || {
+        rm -f .venv/bin/promtool
+        echo "error: the extracted promtool does not run" >&2
         return 1
     }
 }
