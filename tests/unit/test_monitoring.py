@@ -352,6 +352,7 @@ def exported(exposition: str) -> dict[str, set[str]]:
     _count), with the label names its samples carry."""
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(exposition):
+        suffixes: tuple[str, ...]
         if family.type == "counter":
             suffixes = ("_total",)
         elif family.type == "histogram":
