@@ -47,9 +47,9 @@ class DiscoveryActor(Actor):
                     await self._refresh()
             case GetClusterView():
                 await self._refresh()
-                queue_size = await self.ctx.queue.queue_size()
+                queue_size, queue_ready = await self.ctx.queue.queue_sizes()
                 nodes = sorted(self.known.values(), key=lambda node: node.id)
-                return ClusterView(nodes=nodes, leader=self.leader, queue_size=queue_size)
+                return ClusterView(nodes=nodes, leader=self.leader, queue_size=queue_size, queue_ready=queue_ready)
             case _:
                 raise TypeError(f"discovery got an unexpected message {message!r}")
         return None

@@ -150,7 +150,8 @@ class GetClusterView(msgspec.Struct, frozen=True):
 class ClusterView(msgspec.Struct, frozen=True):
     nodes: list[NodeInfo]
     leader: str | None
-    queue_size: int
+    queue_size: int  # every pending job
+    queue_ready: int = 0  # the pending jobs that may start now (not held back by a delay or backoff)
 
 
 # --- Reaper -------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Each node has its own registry (several nodes can share a process in tests). Counters and histograms
 are updated where things happen (API, executor, reaper, webhooks); gauges that describe the cluster
-(queue size, DLQ size, active nodes) are read from the store when Prometheus scrapes, and are NaN
+(queue size, ready jobs, DLQ size, active nodes) are read from the store when Prometheus scrapes, and are NaN
 (unknown) in a scrape that could not read them. ``secauto_redis_up`` says whether this node's latest
 Redis operation (heartbeat write, health check, scrape) succeeded.
 """
@@ -42,6 +42,8 @@ class NodeMetrics:
         self.recovery_time = Histogram("secauto_recovery_seconds", "From a lost node's last sign of life to the "
                                        "recovery of its jobs", buckets=_DURATION_BUCKETS, registry=registry)
         self.queue_size = Gauge("secauto_queue_size", "Pending jobs in the cluster", registry=registry)
+        self.queue_ready = Gauge("secauto_queue_ready", "Pending jobs in the cluster that may start now (not held "
+                                 "back by a delay, run_at or retry backoff)", registry=registry)
         self.dlq_size = Gauge("secauto_dlq_size", "Jobs in the dead-letter queue", registry=registry)
         self.jobs_running = Gauge("secauto_jobs_running", "Attempts running on this node", registry=registry)
         self.node_load = Gauge("secauto_node_load", "Running jobs / slots on this node", registry=registry)

@@ -28,9 +28,10 @@ CLUSTER_READ_TIMEOUT_S = 4.0
 @metrics_role
 @operation("The node's metrics in the Prometheus text format", ok=str, media_type="text/plain",
            description="Jobs submitted, completed, failed, retried and dead-lettered, job duration and queue "
-                       "wait, queue and DLQ size, running jobs, node load, active nodes, leader flag, Redis "
-                       "reachability, webhook deliveries, HTTP requests by route and status. The cluster "
-                       "gauges are NaN while Redis is unreachable. Needs a viewer key unless metrics.public.")
+                       "wait, queue size (all pending, and ready to start), DLQ size, running jobs, node "
+                       "load, active nodes, leader flag, Redis reachability, webhook deliveries, HTTP requests "
+                       "by route and status. The cluster gauges are NaN while Redis is unreachable. Needs a "
+                       "viewer key unless metrics.public.")
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Refresh the gauges that describe the cluster, then render every metric.
 
@@ -44,7 +45,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 async def _refresh_cluster_gauges(system: ActorSystem, node_metrics: NodeMetrics) -> None:
-    """Read queue size, DLQ size and active nodes from the store; NaN what cannot be read in time."""
+    """Read queue sizes, DLQ size and active nodes from the store; NaN what cannot be read in time."""
     try:
         async with asyncio.timeout(CLUSTER_READ_TIMEOUT_S):
             view: ClusterView = await system.get("discovery").ask(GetClusterView(), timeout=None)
@@ -62,6 +63,7 @@ async def _refresh_cluster_gauges(system: ActorSystem, node_metrics: NodeMetrics
         return
     node_metrics.redis_up.set(1)
     node_metrics.queue_size.set(view.queue_size)
+    node_metrics.queue_ready.set(view.queue_ready)
     node_metrics.active_nodes.set(sum(1 for node in view.nodes if node.status == "active"))
     node_metrics.dlq_size.set(dlq_size)
 
@@ -69,7 +71,7 @@ async def _refresh_cluster_gauges(system: ActorSystem, node_metrics: NodeMetrics
 def _unknown_cluster_gauges(node_metrics: NodeMetrics) -> None:
     # NaN rather than the last value: a stale queue size would keep autoscalers and alerts acting on
     # numbers nobody measured. Prometheus' max/min skip NaN, comparisons with NaN are false.
-    for gauge in (node_metrics.queue_size, node_metrics.dlq_size, node_metrics.active_nodes):
+    for gauge in (node_metrics.queue_size, node_metrics.queue_ready, node_metrics.dlq_size, node_metrics.active_nodes):
         gauge.set(math.nan)
 
 

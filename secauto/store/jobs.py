@@ -6,6 +6,7 @@ callers decide whether to retry, report 503 or back off.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -283,11 +284,21 @@ class JobQueue:
 
     async def queue_size(self) -> int:
         """Pending jobs: queued now plus those waiting out a backoff or delay."""
+        pending, _ = await self.queue_sizes()
+        return pending
+
+    async def queue_sizes(self, now_ms: int | None = None) -> tuple[int, int]:
+        """(pending, ready): every pending job, and those that may start now (``now_ms``: this node's
+        clock by default). Delayed jobs whose time has come count as ready although only the next
+        claim moves them to the queue; jobs still held back by a delay, ``run_at`` or a retry backoff
+        do not."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.queue)
             pipe.zcard(self.keys.delayed)
-            queued, delayed = await pipe.execute()
-        return int(queued) + int(delayed)
+            pipe.zcount(self.keys.delayed, "-inf", now_ms)
+            queued, delayed, delayed_due = await pipe.execute()
+        return int(queued) + int(delayed), int(queued) + int(delayed_due)
 
     async def running_size(self) -> int:
         return int(await self.redis.zcard(self.keys.running))

@@ -119,7 +119,8 @@ def test_keda_scales_on_queue_per_node_and_on_load_from_prometheus() -> None:
         assert selector.matchers["job"] == ("=", "secauto")  # the job of deploy/prometheus/prometheus.yml
         assert ">= 0" in metadata["query"]  # drops the NaN of a node that cannot read Redis
     (queue,) = names(triggers["queue-per-node"]["metadata"]["query"]).selectors
-    assert queue.metric == "secauto_queue_size" and queue.aggregations == ["max"]
+    # jobs ready to start: a batch submitted with run_at tomorrow must not scale the cluster today
+    assert queue.metric == "secauto_queue_ready" and queue.aggregations == ["max"]
     (load,) = names(triggers["load"]["metadata"]["query"]).selectors
     assert load.metric == "secauto_node_load" and load.aggregations == ["sum"]
     assert 0 < float(triggers["load"]["metadata"]["threshold"]) < 1  # a share of each node's slots
@@ -135,7 +136,7 @@ def test_the_hpa_reads_the_metrics_prometheus_adapter_is_configured_to_serve() -
     assert external["target"]["type"] == "AverageValue"
     queue_rule = served["external"][external["metric"]["name"]]
     # The HPA adds up every series an external metric returns: the adapter must return one per namespace.
-    query = queue_rule["metricsQuery"].replace("<<.Series>>", "secauto_queue_size").replace("<<.LabelMatchers>>", "")
+    query = queue_rule["metricsQuery"].replace("<<.Series>>", "secauto_queue_ready").replace("<<.LabelMatchers>>", "")
     assert names(query).selectors[0].aggregations == ["max"] and "by (namespace)" in query
     assert set(external["metric"]["selector"]["matchLabels"]) <= {"job", "namespace"}
     pods = metrics["Pods"]["pods"]

@@ -46,6 +46,8 @@ TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod"})
 PROMETHEUS_SERIES = frozenset({"up"})
 # What Grafana substitutes in queries, and what a sample substitution looks like.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h", "$job": "secauto"}
+# Every node exports the same value of these: never sum them over nodes.
+CLUSTER_GAUGES = frozenset({"secauto_queue_size", "secauto_queue_ready", "secauto_dlq_size", "secauto_active_nodes"})
 ALERT_NAMES = {"SecAutoNodeDown", "SecAutoNoNodes", "SecAutoNoLeader", "SecAutoRedisUnreachable",
                "SecAutoQueueGrowing", "SecAutoDeadLettersGrowing", "SecAutoHighFailureRate"}
 
@@ -286,7 +288,7 @@ def test_every_dashboard_selector_is_scoped_to_the_job_variable_and_legends_name
 def test_dashboard_shows_what_operators_asked_for() -> None:
     used = {metric for _, expr in dashboard_queries() for metric in names(grafana_expr(expr)).metrics}
     assert {
-        "secauto_queue_size", "secauto_jobs_running",                                 # queue, running
+        "secauto_queue_size", "secauto_queue_ready", "secauto_jobs_running",          # queue, running
         "secauto_jobs_completed_total", "secauto_jobs_failed_total",                  # throughput, failures
         "secauto_job_duration_seconds_bucket", "secauto_job_queue_wait_seconds_bucket",  # p95s
         "secauto_dlq_size", "secauto_jobs_dead_lettered_total",                       # DLQ
@@ -308,7 +310,7 @@ def test_cluster_gauges_are_taken_with_max_or_min_over_the_nodes() -> None:
         if where.endswith("seriesQuery"):
             continue  # prometheus-adapter's series discovery, not a value
         for selector in names(expr).selectors:
-            if selector.metric in ("secauto_queue_size", "secauto_dlq_size", "secauto_active_nodes"):
+            if selector.metric in CLUSTER_GAUGES:
                 assert selector.aggregations[:1] in (["max"], ["min"]), (
                     f"{where}: {selector.metric} under {selector.aggregations or 'no aggregation'}")
 

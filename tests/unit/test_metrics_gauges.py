@@ -1,6 +1,7 @@
-"""``secauto_redis_up`` and ``GET /metrics`` while the store is unreachable.
+"""The gauges of ``GET /metrics`` that need the store: pending and ready jobs, ``secauto_redis_up``,
+and what a scrape answers while the store is unreachable.
 
-The node runs on a fakeredis server whose ``connected`` flag emulates the outage (every command raises
+The nodes run on fakeredis; its server's ``connected`` flag emulates an outage (every command raises
 redis-py's ConnectionError), so no redis-server is needed.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -15,10 +17,14 @@ import fakeredis
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from secauto.models import Job, make_event, new_job_id, utc_now
 from secauto.node import Node
+from secauto.store.connection import open_embedded
+from secauto.store.jobs import JobQueue
+from secauto.store.keys import Keys
 from tests.support.nodes import VIEWER_KEY, auth, node_settings
 
-CLUSTER_GAUGES = ("secauto_queue_size", "secauto_dlq_size", "secauto_active_nodes")
+CLUSTER_GAUGES = ("secauto_queue_size", "secauto_queue_ready", "secauto_dlq_size", "secauto_active_nodes")
 
 
 @pytest.fixture
@@ -112,6 +118,53 @@ async def test_redis_up_is_zero_until_redis_was_reached() -> None:
         status, samples = await scrape(node)
         assert status == 200 and samples["secauto_redis_up"] == 0
         assert math.isnan(samples["secauto_queue_size"])
+    finally:
+        await node.stop(grace=0)
+        await redis.aclose()
+
+
+# ---------------------------------------------------------------------------------------------------
+# pending and ready jobs
+# ---------------------------------------------------------------------------------------------------
+
+
+async def test_queue_sizes_count_delayed_jobs_as_ready_only_once_due() -> None:
+    redis = open_embedded()
+    queue = JobQueue(redis, Keys("sizes"))
+    try:
+        jobs = [Job(id=new_job_id(), submitted_at=utc_now(), submitted_to="n0",
+                    playbook=[{"action": "log", "message": "x"}]) for _ in range(3)]
+        events = [make_event("job.submitted", job_id=job.id, status="pending") for job in jobs]
+        before_ms = int(time.time() * 1000)
+        # now, in a minute, in an hour
+        await queue.submit(jobs, events, delays_ms=[0, 60_000, 3_600_000])
+        after_ms = int(time.time() * 1000)
+        assert await queue.queue_sizes(now_ms=after_ms) == (3, 1)
+        assert await queue.queue_sizes(now_ms=after_ms + 60_000) == (3, 2)  # due: ready before any claim
+        assert await queue.queue_sizes(now_ms=before_ms + 59_000) == (3, 1)
+        assert await queue.queue_sizes(now_ms=after_ms + 3_600_000) == (3, 3)
+        assert await queue.queue_size() == 3
+    finally:
+        await redis.aclose()
+
+
+async def test_scrape_tells_jobs_ready_to_start_from_jobs_held_back() -> None:
+    redis = open_embedded()
+    node = Node(node_settings("ready", cluster={"max_concurrent_jobs": 1}), redis=redis)
+    await node.start()
+    try:
+        async with aiohttp.ClientSession(base_url=node.url) as http:
+            bodies = [{"playbook": [{"action": "sleep", "seconds": 30}]},   # takes the only slot
+                      {"playbook": [{"action": "log", "message": "x"}]},    # waits for the slot: ready
+                      {"playbook": [{"action": "log", "message": "x"}], "delay": 3600}]  # held back
+            for body in bodies:
+                async with http.post("/cluster/jobs", json=body, headers=auth()) as response:
+                    assert response.status == 200, await response.text()
+        await wait_for(lambda: node.metrics.registry.get_sample_value("secauto_jobs_running") == 1,
+                       "the sleep job to run")
+        status, samples = await scrape(node)
+        assert status == 200
+        assert samples["secauto_queue_size"] == 2 and samples["secauto_queue_ready"] == 1
     finally:
         await node.stop(grace=0)
         await redis.aclose()
