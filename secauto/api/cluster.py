@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from actors.messages import CancelJob, ClusterView, GetClusterView, GetJob, RequeueJob, SubmitJobs
+from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
 from secauto.api.errors import ApiError, ErrorDetail
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
@@ -28,6 +28,8 @@ from secauto.models import (
     new_job_id,
     utc_now,
 )
+from secauto.operations import cancel_job as cancel_job_of
+from secauto.operations import retry_job as retry_job_of
 
 JOB_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,100}")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -239,13 +241,13 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
     """Cancel a pending job at once, a running one within a second on the node that runs it; 409 if the
     job already ended."""
     job_id = job_id_from(request)
-    before = await request.app[SYSTEM].get("dispatcher").ask(CancelJob(job_id), timeout=10.0)
-    if before is None:
+    change = await cancel_job_of(request.app[SYSTEM].get("dispatcher"), job_id)
+    if change is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
-    if before not in ("pending", "running"):
-        raise ApiError(409, "conflict", f"job {job_id} is already {before}; only pending or running jobs can be "
-                                        "cancelled")
-    return respond(request, JobStatusResponse(job_id=job_id, status="cancelled", previous_status=before))
+    if not change.applied:
+        raise ApiError(409, "conflict", f"job {change.job_id} is already {change.before}; only pending or running "
+                                        "jobs can be cancelled")
+    return respond(request, JobStatusResponse(job_id=change.job_id, status="cancelled", previous_status=change.before))
 
 
 @requires("operator")
@@ -254,12 +256,13 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
 async def retry_job(request: web.Request) -> web.StreamResponse:
     """Run a failed or cancelled job again, with a fresh retry budget; 409 for a job in another state."""
     job_id = job_id_from(request)
-    before = await request.app[SYSTEM].get("dispatcher").ask(RequeueJob(job_id), timeout=10.0)
-    if before is None:
+    change = await retry_job_of(request.app[SYSTEM].get("dispatcher"), job_id)
+    if change is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
-    if before not in ("failed", "cancelled"):
-        raise ApiError(409, "conflict", f"job {job_id} is {before}; only failed or cancelled jobs can be retried")
-    return respond(request, JobStatusResponse(job_id=job_id, status="pending", previous_status=before))
+    if not change.applied:
+        raise ApiError(409, "conflict", f"job {change.job_id} is {change.before}; only failed or cancelled jobs "
+                                        "can be retried")
+    return respond(request, JobStatusResponse(job_id=change.job_id, status="pending", previous_status=change.before))
 
 
 ROUTES = [

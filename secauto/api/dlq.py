@@ -8,14 +8,16 @@ from typing import Annotated, Literal
 import msgspec
 from aiohttp import web
 
-from actors.messages import ForgetJob, ListDeadLetters, RequeueJob
 from secauto.api.cluster import JobId, JobStatusResponse, job_id_from
 from secauto.api.errors import ApiError
 from secauto.api.inputs import parse_query
 from secauto.api.roles import requires
 from secauto.api.spec import operation, respond
 from secauto.api.state import SYSTEM
-from secauto.models import JobView, job_view_decoder, utc_now
+from secauto.models import JobView, utc_now
+from secauto.operations import dead_letters
+from secauto.operations import delete_dead_letter as delete_dead_letter_of
+from secauto.operations import requeue_dead_letter as requeue_dead_letter_of
 
 
 class DlqQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -48,9 +50,7 @@ class DeletedResponse(msgspec.Struct, kw_only=True):
 @operation("Dead-lettered jobs, newest first", query=DlqQuery, ok=DlqResponse)
 async def list_dead_letters(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, DlqQuery)
-    size, records = await request.app[SYSTEM].get("dispatcher").ask(
-        ListDeadLetters(offset=query.offset, limit=query.limit), timeout=10.0)
-    jobs = [job_view_decoder.decode(record) for record in records]
+    size, jobs = await dead_letters(request.app[SYSTEM].get("dispatcher"), offset=query.offset, limit=query.limit)
     return respond(request, DlqResponse(dlq=DlqPage(size=size, offset=query.offset, jobs=jobs)))
 
 
@@ -59,10 +59,10 @@ async def list_dead_letters(request: web.Request) -> web.StreamResponse:
 async def requeue_dead_letter(request: web.Request) -> web.StreamResponse:
     """Put a dead-lettered job back in the queue with a fresh retry budget."""
     job_id = job_id_from(request)
-    before = await request.app[SYSTEM].get("dispatcher").ask(RequeueJob(job_id, only_dead=True), timeout=10.0)
-    if before is None or before == "not_dead":
+    change = await requeue_dead_letter_of(request.app[SYSTEM].get("dispatcher"), job_id)
+    if change is None:
         raise ApiError(404, "not_found", f"job {job_id!r} is not in the dead-letter queue")
-    return respond(request, JobStatusResponse(job_id=job_id, status="pending", previous_status=before))
+    return respond(request, JobStatusResponse(job_id=change.job_id, status="pending", previous_status=change.before))
 
 
 @requires("admin")
@@ -70,7 +70,7 @@ async def requeue_dead_letter(request: web.Request) -> web.StreamResponse:
 async def delete_dead_letter(request: web.Request) -> web.StreamResponse:
     """Delete a dead-lettered job's record for good."""
     job_id = job_id_from(request)
-    if not await request.app[SYSTEM].get("dispatcher").ask(ForgetJob(job_id), timeout=10.0):
+    if not await delete_dead_letter_of(request.app[SYSTEM].get("dispatcher"), job_id):
         raise ApiError(404, "not_found", f"job {job_id!r} is not in the dead-letter queue")
     return respond(request, DeletedResponse(job_id=job_id))
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from secauto.node import Node
@@ -435,12 +436,12 @@ async def test_stats_over_the_last_hour(http: aiohttp.ClientSession) -> None:
 
 
 def test_stats_summary_window_and_percentiles() -> None:
-    from secauto.api.jobs import summarize
+    from secauto.operations import summarize
 
     now = 10_000_000
     ends = [f"{now - i * 1000} {'completed' if i % 4 else 'failed'} n{i % 2} {i}" for i in range(1, 101)]
     ends.append(f"{now - 4_000_000} completed n0 5")  # older than the window
-    stats = summarize(ends, now)
+    stats = msgspec.to_builtins(summarize(ends, now))
     assert stats["attempts"] == 100 and stats["failed"] == 25
     assert stats["duration_ms"] == {"p50": 50.5, "p95": 95.0}
     assert stats["per_node"]["n0"] == {"completed": 25, "failed": 25}
