@@ -131,6 +131,22 @@ class LoggingConfig(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class UiConfig(_Section):
+    """The web dashboard under /ui (README: "Web dashboard")."""
+
+    enabled: bool = True
+    # A session ends after session_idle seconds without a request, and session_max after login anyway.
+    session_idle: Seconds = 1800.0
+    session_max: Seconds = 43200.0
+    # Failed logins allowed per client address within login_window seconds; then 429 until it ends.
+    login_attempts: Annotated[int, msgspec.Meta(ge=1)] = 10
+    login_window: Seconds = 300.0
+    # Always mark the session cookie Secure (TLS ended by a proxy in front); it is Secure under TLS anyway.
+    secure_cookie: bool = False
+    # Live pages: at most one "changed" signal per tab per live_interval seconds, whatever the event rate.
+    live_interval: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 2.0
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
@@ -139,6 +155,7 @@ class Config(_Section):
     webhooks: list[WebhookConfig] = []
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    ui: UiConfig = msgspec.field(default_factory=UiConfig)
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -381,7 +398,7 @@ def load_settings(
     """
     env = os.environ if env is None else env
     raw: dict[str, Any] = _read_file(path) if path is not None else {}
-    for section in ("server", "cluster", "security", "engine", "logging"):
+    for section in ("server", "cluster", "security", "engine", "logging", "ui"):
         if section in raw:
             _section(raw, section)
     logging_section = raw.get("logging")

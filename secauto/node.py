@@ -38,7 +38,9 @@ from secauto.store.connection import open_embedded, open_redis
 from secauto.store.jobs import DispatchPolicy, JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
+from secauto.store.sessions import LoginThrottle, SessionStore
 from secauto.store.webhooks import WebhookSpec, WebhookStore
+from secauto.ui.app import create_ui_app, mount_ui
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -129,8 +131,14 @@ class Node:
                       for index, hook in enumerate(settings.config.webhooks)]
         await self.system.spawn(WebhookActor(ctx, webhook_store, configured), name="webhooks")
         await self.system.spawn(ReaperActor(ctx), name="reaper")
-        app = create_app(settings, self.system, engine, self.metrics, EventSource(self.redis, keys.channel),
-                         webhook_store, cluster_mode=self.cluster_mode)
+        events = EventSource(self.redis, keys.channel)
+        app = create_app(settings, self.system, engine, self.metrics, events, webhook_store,
+                         cluster_mode=self.cluster_mode)
+        ui = settings.config.ui
+        if ui.enabled:
+            sessions = SessionStore(self.redis, keys, idle_s=ui.session_idle, max_s=ui.session_max)
+            throttle = LoginThrottle(self.redis, keys, attempts=ui.login_attempts, window_s=ui.login_window)
+            mount_ui(app, create_ui_app(ui, sessions, throttle, events))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.SockSite(self._runner, self._socket).start()

@@ -27,8 +27,19 @@ def presented_key(request: web.Request) -> str | None:
     return api_key or None
 
 
+def key_digest(key: str) -> bytes:
+    """The SHA-256 of a presented key: what is compared, and what a dashboard session keeps."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
 def authenticate(key: str, keys: Sequence[ApiKey]) -> ApiKey | None:
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+    """The identity of a presented key, or None."""
+    return identity_for_digest(key_digest(key), keys)
+
+
+def identity_for_digest(digest: bytes, keys: Sequence[ApiKey]) -> ApiKey | None:
+    """The identity whose key has this SHA-256, or None (unknown, revoked or expired key). Dashboard
+    sessions call this on every request, so a key that stops being valid ends its sessions."""
     match: ApiKey | None = None
     for candidate in keys:
         if hmac.compare_digest(digest, candidate.sha256):

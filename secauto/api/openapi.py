@@ -134,9 +134,11 @@ def document_bytes(entries: tuple[tuple[str, str, Any], ...], metrics_public: bo
 @public
 @operation("This API as an OpenAPI 3.1 document", ok=OpenApiDocument, store=False, tag="meta")
 async def openapi_document(request: web.Request) -> web.StreamResponse:
-    """Generated from the same types the handlers use, for the routes this app serves; built once."""
+    """Generated from the same types the handlers use, for the routes this app serves; built once. Routes
+    without an operation are not the API's (the dashboard under /ui answers HTML): create_app refuses
+    an API route without one."""
     entries = tuple((route.method, route.resource.canonical, route.handler) for route in request.app.router.routes()
-                    if route.resource is not None)
+                    if route.resource is not None and declared_operation(route.handler) is not None)
     return respond_spliced(request, document_bytes(entries, request.app[SETTINGS].config.metrics.public),
                            OpenApiDocument)
 

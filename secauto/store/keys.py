@@ -27,6 +27,7 @@ class Keys:
         "job_prefix",
         "leader",
         "load",
+        "login_failures_prefix",
         "node_index",
         "node_prefix",
         "queue",
@@ -34,6 +35,7 @@ class Keys:
         "round_robin",
         "running",
         "sequence",
+        "session_prefix",
         "tag_running",
         "webhook_claim_prefix",
         "webhooks",
@@ -88,9 +90,20 @@ class Keys:
         # ZSET of dead-lettered job ids, score = time (ms); capped at cluster.dlq_max (oldest out, record
         # deleted); the records expire after cluster.dlq_retention.
         self.dlq = f"{PREFIX}:dlq:{cluster}"
+        # STRING per dashboard session, named by the SHA-256 of the session id (the cookie's value is
+        # never stored): the session record, TTL ui.session_idle refreshed on use, never past ui.session_max.
+        self.session_prefix = f"{PREFIX}:session:{cluster}:"
+        # STRING counter per client address: failed dashboard logins, TTL ui.login_window from the first.
+        self.login_failures_prefix = f"{PREFIX}:login-failures:{cluster}:"
 
     def job(self, job_id: str) -> str:
         return f"{self.job_prefix}{job_id}"
+
+    def session(self, id_digest: str) -> str:
+        return f"{self.session_prefix}{id_digest}"
+
+    def login_failures(self, address: str) -> str:
+        return f"{self.login_failures_prefix}{address}"
 
     def node(self, node_id: str) -> str:
         return f"{self.node_prefix}{node_id}"
