@@ -24,7 +24,7 @@ from aiohttp import web
 
 from secauto.api.auth import allows, authenticate, identity_for_digest, presented_key
 from secauto.api.state import IDENTITY, SETTINGS
-from secauto.ui.access import PUBLIC, Handler, declared_access
+from secauto.ui.access import PUBLIC, Access, Handler, declared_access
 from secauto.ui.errors import PageError
 from secauto.ui.security import CSRF_FIELD, CSRF_HEADER, same_origin, token_matches
 from secauto.ui.state import SESSIONS, UI_CONFIG, VISITOR, Visitor
@@ -112,14 +112,14 @@ def login_required(request: web.Request, stale_cookie: bool) -> web.StreamRespon
     return response
 
 
-async def check_forgery(request: web.Request, visitor: Visitor | None) -> None:
+async def check_forgery(request: web.Request, visitor: Visitor | None, level: Access) -> None:
     """Refuse (403) a state-changing request that may have been forged by another site."""
     if visitor is not None and visitor.session_id is None:
         return  # API key header: not something a browser sends on its own
     if not same_origin(request):
         raise PageError(403, "Cross-origin request refused: this action must come from a page of this site.")
-    if visitor is None:
-        return  # the login form: no session yet, the same-origin check is what applies
+    if visitor is None or level == PUBLIC:
+        return  # the login form: it starts a new session, the same-origin check is what applies
     presented = request.headers.get(CSRF_HEADER)
     if presented is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         form = await request.post()
@@ -145,7 +145,7 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
         if not allows(visitor.identity.role, level):
             raise PageError(403, f"This needs the {level} role; you are logged in as {visitor.identity.role}.")
     if request.method not in SAFE_METHODS:
-        await check_forgery(request, visitor)
+        await check_forgery(request, visitor, level)
     response = await handler(request)
     if stale_cookie and visitor is None:
         clear_session_cookie(response)
