@@ -7,6 +7,7 @@
 #   ensure_redis_server install redis-server with apt-get when it is not on PATH.
 #   ensure_promtool     put Prometheus' promtool (from Debian's prometheus package) in .venv/bin when
 #                       no promtool is on PATH; the tests check the alert rules with it.
+#   ensure_chromium     install chromium and chromium-driver (the dashboard's browser tests) likewise.
 #   stage NAME          print a stage banner.
 
 stage() {
@@ -62,13 +63,16 @@ ensure_venv() {
     echo "$want" >"$stamp"
 }
 
-ensure_redis_server() {
-    if command -v redis-server >/dev/null 2>&1; then
-        echo "redis-server: $(command -v redis-server)" >&2
+# _apt_install COMMAND PACKAGE...: install PACKAGEs with apt-get unless COMMAND is already on PATH.
+_apt_install() {
+    local command="$1"
+    shift
+    if command -v "$command" >/dev/null 2>&1; then
+        echo "$command: $(command -v "$command")" >&2
         return 0
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: redis-server is not on PATH and apt-get is unavailable; install redis-server (>= 6)" >&2
+        echo "error: $command is not on PATH and apt-get is unavailable; install $*" >&2
         return 1
     fi
     local sudo=()
@@ -76,15 +80,15 @@ ensure_redis_server() {
         if command -v sudo >/dev/null 2>&1; then
             sudo=(sudo)
         else
-            echo "error: redis-server is not on PATH; not root and no sudo to apt-get install it" >&2
+            echo "error: $command is not on PATH; not root and no sudo to apt-get install $*" >&2
             return 1
         fi
     fi
-    echo "installing redis-server with apt-get" >&2
+    echo "installing $* with apt-get" >&2
     ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update
-    ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
-    command -v redis-server >/dev/null 2>&1 || {
-        echo "error: redis-server still not on PATH after apt-get install" >&2
+    ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+    command -v "$command" >/dev/null 2>&1 || {
+        echo "error: $command still not on PATH after apt-get install $*" >&2
         return 1
     }
 }
@@ -136,4 +140,13 @@ ensure_promtool() {
         echo "error: the extracted promtool does not run" >&2
         return 1
     }
+}
+
+ensure_redis_server() {
+    _apt_install redis-server redis-server
+}
+
+ensure_chromium() {
+    _apt_install chromium chromium chromium-driver
+    _apt_install chromedriver chromium-driver
 }

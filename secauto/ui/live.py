@@ -6,8 +6,9 @@ every connected tab "changed". Each tab's stream sends at most one ``changed`` m
 ``ui.live_interval`` seconds (2 by default), whatever the event rate: a burst of 10,000 events is one
 or two messages, and each message makes the page refetch its live fragments once (htmx
 ``hx-trigger="sse:changed"``). A comment line every 15 s keeps proxies from closing an idle stream
-(and finds out about a tab that went away: the write fails); the session is checked again then, and a stream whose session ended sends a last ``changed`` (so the
-page's next fetch gets 401 and goes to the login page) and closes.
+(and finds out about a tab that went away: the write fails); the session is checked again then, and
+a stream whose session ended sends a last ``changed`` (so the page's next fetch gets 401 and goes to
+the login page) and closes.
 """
 
 from __future__ import annotations
