@@ -233,6 +233,17 @@ def test_dashboard_in_a_browser(browser: WebDriver, node_url: str, redis_url: st
     api.call("DELETE", f"/cluster/jobs/{other}")
     wait(driver, lambda d: text_of(d, "#job-status") == "cancelled")  # live, for viewers too
 
+    # the event tail follows the cluster; Pause freezes it, Resume catches up
+    driver.get(f"{node_url}/ui/events")
+    wait(driver, lambda d: other in text_of(d, "#events"))
+    driver.find_element(By.ID, "pause").click()
+    quiet = api.submit({"playbook": [{"action": "log", "message": "while paused"}]})
+    time.sleep(3)  # more than one live interval
+    assert quiet not in text_of(driver, "#events")
+    assert driver.find_element(By.ID, "pause").text == "Resume"
+    driver.find_element(By.ID, "pause").click()
+    wait(driver, lambda d: quiet in text_of(d, "#events"))
+
     if screens.wanted:  # the events of the jobs so far, before the burst below fills the tail
         driver.get(f"{node_url}/ui/events")
         wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#events td time"))

@@ -18,7 +18,7 @@ from secauto.ui import app as ui_app
 from secauto.ui.access import PUBLIC, declared_access
 from secauto.ui.app import create_ui_app, route_table
 from secauto.ui.security import CSP
-from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth
+from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth, node_settings
 from tests.unit.ui.conftest import Tab, new_tab, submit, wait_status
 
 PAGES = ["/ui", "/ui/nodes", "/ui/jobs", "/ui/dlq", "/ui/events"]
@@ -237,3 +237,20 @@ async def test_logout_ends_the_session_on_every_node(node: Node, tab: Tab) -> No
         assert status == 303 and response.headers["Location"].startswith("/ui/login")
     finally:
         await other.http.close()
+
+
+async def test_secure_cookie_behind_a_tls_proxy() -> None:
+    node = Node(node_settings("tls", ui={"secure_cookie": True}))
+    await node.start()
+    try:
+        tab = await new_tab(node)
+        try:
+            status, _, response = await tab.post("/ui/login", {"api_key": VIEWER_KEY}, csrf=False)
+        finally:
+            await tab.http.close()
+    finally:
+        await node.stop(grace=0)
+    assert status == 303
+    cookie = response.cookies["secauto_session"]
+    assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert VIEWER_KEY not in response.headers["Location"]  # the key never goes into a URL
