@@ -4,12 +4,14 @@ actions ``POST /ui/jobs/{id}/cancel`` and ``/retry`` (operators)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, get_args
 from urllib.parse import urlencode
 
 import msgspec
 from aiohttp import web
 
+from actors.core import ActorRef
 from actors.messages import GetJob
 from secauto.api.cluster import JOB_ID_PATTERN
 from secauto.api.spec import whole
@@ -98,28 +100,24 @@ async def job_page(request: web.Request) -> web.StreamResponse:
     return render(request, "job_live.html" if is_fragment(request) else "job.html", context)
 
 
-def _after(change: Change | None, job_id: str, done: str, refused: str) -> web.Response:
-    if change is None:
+async def _change(request: web.Request, change: Callable[[ActorRef, str], Awaitable[Change | None]],
+                  done: str, refused: str) -> web.StreamResponse:
+    """Apply ``change`` to the job of the path; back to its page with a notice saying what happened."""
+    job_id = request.match_info["job_id"]
+    result = await change(request.config_dict[SYSTEM].get("dispatcher"), job_id) if _JOB_ID.match(job_id) else None
+    if result is None:
         raise PageError(404, "No such job (unknown, or expired after the retention period).")
-    return redirect(f"/ui/jobs/{job_id}?notice={done if change.applied else refused}")
+    return redirect(f"/ui/jobs/{job_id}?notice={done if result.applied else refused}")
 
 
 @access("operator")
 async def cancel(request: web.Request) -> web.StreamResponse:
-    job_id = request.match_info["job_id"]
-    if not _JOB_ID.match(job_id):
-        raise PageError(404, "No such job.")
-    change = await cancel_job(request.config_dict[SYSTEM].get("dispatcher"), job_id)
-    return _after(change, job_id, "cancelled", "not_cancellable")
+    return await _change(request, cancel_job, "cancelled", "not_cancellable")
 
 
 @access("operator")
 async def retry(request: web.Request) -> web.StreamResponse:
-    job_id = request.match_info["job_id"]
-    if not _JOB_ID.match(job_id):
-        raise PageError(404, "No such job.")
-    change = await retry_job(request.config_dict[SYSTEM].get("dispatcher"), job_id)
-    return _after(change, job_id, "retried", "not_retryable")
+    return await _change(request, retry_job, "retried", "not_retryable")
 
 
 ROUTES = [
