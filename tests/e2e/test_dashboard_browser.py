@@ -132,6 +132,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--window-size=1400,1000", "--lang=en-US", f"--user-data-dir={tmp_path / 'chrome'}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations show up there
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:
         yield driver
@@ -297,3 +298,13 @@ def test_dashboard_in_a_browser(browser: WebDriver, node_url: str, redis_url: st
     assert driver.get_cookie("secauto_session") is None
     driver.get(f"{node_url}/ui/jobs")
     wait(driver, lambda d: "/ui/login" in d.current_url)
+
+    # nothing the pages did was refused by the Content-Security-Policy (no inline script or style)
+    refused = [entry["message"] for entry in driver.get_log("browser")
+               if "Content Security Policy" in entry["message"] or "Refused to" in entry["message"]]
+    assert not refused, refused
+    # ... and the policy is in force: an inline style added to the page is refused (and logged)
+    driver.execute_script("const s = document.createElement('style'); s.textContent = 'body {color: red}';"
+                          "document.head.appendChild(s);")
+    wait(driver, lambda d: any("Content Security Policy" in entry["message"] for entry in d.get_log("browser")),
+         timeout=5)
