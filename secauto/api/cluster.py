@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import web
 
 from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
-from secauto.api.errors import ApiError, ErrorDetail
+from secauto.api.errors import ApiError, ErrorDetail, body_detail, playbook_details
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
 from secauto.api.spec import operation, respond, whole
@@ -67,27 +67,25 @@ class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             moment = self.run_at.astimezone(datetime.UTC)
         except (OverflowError, ValueError):  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise ApiError(400, "validation_error", "run_at is out of range",
-                           [ErrorDetail(field="run_at", message="out of range", path="$.run_at")]) from None
+                           [body_detail("run_at", "out of range")]) from None
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _playbook_problems(exc: PlaybookInvalid) -> list[ErrorDetail]:
-    return [ErrorDetail(field="playbook", message=problem.message, path=problem.path) for problem in exc.problems]
 
 
 def build_job(body: JobSubmission, request: web.Request) -> Job:
     """Validate the playbook (inline or named) and turn a submission into a pending Job.
 
-    Raises ApiError 400 with one detail per problem.
+    Raises ApiError 400 with one detail per problem, each naming its field (see ``playbook_details``).
     """
     settings = request.app[SETTINGS]
     engine = request.app[ENGINE]
     if (body.playbook is None) == (body.playbook_name is None):
+        # Both missing: the playbook is; both given: the name is one too many.
+        field = "playbook" if body.playbook is None else "playbook_name"
         raise ApiError(400, "validation_error", "give exactly one of playbook or playbook_name",
-                       [ErrorDetail(field="playbook", message="give exactly one of playbook or playbook_name")])
+                       [body_detail(field, "give exactly one of playbook or playbook_name")])
     if body.delay is not None and body.run_at is not None:
         raise ApiError(400, "validation_error", "give at most one of delay or run_at",
-                       [ErrorDetail(field="run_at", message="give at most one of delay or run_at")])
+                       [body_detail("run_at", "give at most one of delay or run_at")])
     playbook: Any = body.playbook
     try:
         if body.playbook_name is not None:
@@ -96,7 +94,9 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
         if isinstance(playbook, dict):  # a playbook document {"steps": [...], "name": ...}
             playbook = playbook["steps"]
     except PlaybookInvalid as exc:
-        raise ApiError(400, "validation_error", f"invalid playbook: {exc}", _playbook_problems(exc)) from None
+        field = "playbook" if body.playbook_name is None else "playbook_name"
+        raise ApiError(400, "validation_error", f"invalid playbook: {exc}",
+                       playbook_details(exc.problems, field)) from None
     cluster = settings.config.cluster
     identity = request.get(IDENTITY)
     return Job(
@@ -199,7 +199,9 @@ class BatchSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 @requires("operator")
 @operation("Submit up to 1000 jobs, all or nothing", body=BatchSubmission, ok=BatchSubmitResponse, tag="jobs")
 async def submit_batch(request: web.Request) -> web.StreamResponse:
-    """All or nothing: if any job is invalid, none is stored and the details name ``jobs[i]``."""
+    """All or nothing: if any job is invalid, none is stored and the details name ``jobs[i]``: the
+    field ``jobs[i].playbook[2].script`` (a playbook problem keeps its path in the playbook,
+    ``$[2].script``) or ``jobs[i].run_at`` with the path ``$.jobs[i].run_at``."""
     body = await read_json(request, BatchSubmission)
     jobs, delays = [], []
     for index, item in enumerate(body.jobs):
@@ -208,6 +210,8 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
             delays.append(item.delay_ms())
         except ApiError as exc:
             for detail in exc.details:
+                if detail.path == f"$.{detail.field}":  # a body field: its path is in the batch body
+                    detail.path = f"$.jobs[{index}].{detail.field}"
                 detail.field = f"jobs[{index}].{detail.field}"
             raise ApiError(exc.status, exc.code, f"jobs[{index}]: {exc.message}", exc.details) from None
     await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs(jobs, delays), timeout=30.0)

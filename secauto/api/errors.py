@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from secauto.engine import Problem
 from secauto.models import utc_now
 
 
@@ -16,6 +17,30 @@ class ErrorDetail(msgspec.Struct, omit_defaults=True):
     field: str
     message: str
     path: str | None = None
+
+
+def body_detail(field: str, message: str) -> ErrorDetail:
+    """A problem with a top-level field of the request body: ``field`` and its path ``$.field``."""
+    return ErrorDetail(field=field, message=message, path=f"$.{field}")
+
+
+def playbook_details(problems: list[Problem], field: str = "playbook") -> list[ErrorDetail]:
+    """Validation problems of the playbook in the body's ``field`` (``playbook`` or ``playbook_name``).
+
+    ``path`` is the problem's path inside the playbook (``$[1].script``), as ``POST /validate`` and
+    ``secauto validate`` show it; ``field`` is where that is in the body (``playbook[1].script``; a named
+    playbook's problems are all under ``playbook_name``). Problems of the context (the engine names them
+    ``context``) are the body's ``context``.
+    """
+    details = []
+    for problem in problems:
+        if not problem.path.startswith("$"):
+            details.append(body_detail(problem.path, problem.message))
+        elif field == "playbook":
+            details.append(ErrorDetail(field=field + problem.path[1:], message=problem.message, path=problem.path))
+        else:
+            details.append(ErrorDetail(field=field, message=problem.message, path=problem.path))
+    return details
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):

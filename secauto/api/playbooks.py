@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
-from secauto.api.errors import ApiError, ErrorDetail
+from secauto.api.errors import ApiError, ErrorDetail, body_detail, playbook_details
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
 from secauto.api.spec import operation, respond
@@ -59,14 +59,15 @@ class ValidateResponse(msgspec.Struct, kw_only=True):
     timestamp: str = msgspec.field(default_factory=utc_now)
 
 
-def _problems(exc: PlaybookInvalid) -> list[ErrorDetail]:
-    return [ErrorDetail(field="playbook", message=problem.message, path=problem.path) for problem in exc.problems]
+def _problems(exc: PlaybookInvalid, body: PlaybookRun) -> list[ErrorDetail]:
+    return playbook_details(exc.problems, "playbook" if body.playbook_name is None else "playbook_name")
 
 
 def _load(body: PlaybookRun, request: web.Request) -> Any:
     if (body.playbook is None) == (body.playbook_name is None):
+        field = "playbook" if body.playbook is None else "playbook_name"
         raise ApiError(400, "validation_error", "give exactly one of playbook or playbook_name",
-                       [ErrorDetail(field="playbook", message="give exactly one of playbook or playbook_name")])
+                       [body_detail(field, "give exactly one of playbook or playbook_name")])
     if body.playbook_name is not None:
         return load_playbook_file(resolve_named_playbook(body.playbook_name, request.app[ENGINE]))
     return body.playbook
@@ -84,7 +85,7 @@ async def run_sync(request: web.Request) -> web.StreamResponse:
     try:
         playbook = validate_playbook(_load(body, request), engine)
     except PlaybookInvalid as exc:
-        raise ApiError(400, "validation_error", f"invalid playbook: {exc}", _problems(exc)) from None
+        raise ApiError(400, "validation_error", f"invalid playbook: {exc}", _problems(exc, body)) from None
     slots = request.app[SYNC_SLOTS]
     if slots.locked():
         raise ApiError(429, "too_many_requests", "too many synchronous playbook runs on this node; retry, or "
@@ -97,7 +98,7 @@ async def run_sync(request: web.Request) -> web.StreamResponse:
         except TimeoutError:
             raise ApiError(504, "timeout", f"the playbook did not finish within {timeout:g}s") from None
         except PlaybookInvalid as exc:  # the context itself (size, type) is checked at run time
-            raise ApiError(400, "validation_error", f"invalid request: {exc}", _problems(exc)) from None
+            raise ApiError(400, "validation_error", f"invalid request: {exc}", _problems(exc, body)) from None
     return respond(request, RunResponse(success=result.success, results=result.results, context=result.context,
                                         error=result.error))
 
@@ -112,7 +113,7 @@ async def validate(request: web.Request) -> web.StreamResponse:
     try:
         playbook = validate_playbook(_load(body, request), request.app[ENGINE])
     except PlaybookInvalid as exc:
-        return respond(request, ValidateResponse(valid=False, problems=_problems(exc)))
+        return respond(request, ValidateResponse(valid=False, problems=_problems(exc, body)))
     return respond(request, ValidateResponse(valid=True, problems=[], steps=playbook.step_count))
 
 

@@ -129,8 +129,9 @@ def _parse(raw: Any, path: str, depth: int, problems: list[Problem], *, operand:
 
 def _parse_list(raw: list[Any], path: str, depth: int, problems: list[Problem]) -> Expr:
     if raw and isinstance(raw[0], str) and raw[0] in OPERATORS:
-        if len(raw) != 3:
-            problems.append(Problem(path, f"comparison {raw[0]!r} needs [op, left, right], got {len(raw)} items"))
+        if len(raw) != 3:  # the path names the first missing operand, or the first one too many
+            problems.append(Problem(child_path(path, min(len(raw), 3)),
+                                    f"comparison {raw[0]!r} needs [op, left, right], got {len(raw)} items"))
             return Lit(None)
         left = _parse(raw[1], child_path(path, 1), depth + 1, problems, operand=True)
         right = _parse(raw[2], child_path(path, 2), depth + 1, problems, operand=True)
@@ -145,7 +146,7 @@ def _parse_list(raw: list[Any], path: str, depth: int, problems: list[Problem]) 
 def _parse_object(raw: dict[Any, Any], path: str, depth: int, problems: list[Problem], *, operand: bool) -> Expr:
     for key in raw:
         if not isinstance(key, str):
-            problems.append(Problem(path, f"object keys must be strings, got {key!r}"))
+            problems.append(Problem(child_path(path, str(key)), f"object keys must be strings, got {key!r}"))
             return Lit(None)
     if "var" in raw:
         return _parse_var(raw, path, problems)
@@ -164,15 +165,18 @@ def _parse_object(raw: dict[Any, Any], path: str, depth: int, problems: list[Pro
             return Not(_parse(value, key_path, depth + 1, problems, operand=False))
         if key in OPERATORS:
             if not isinstance(value, list) or len(value) != 2:
-                problems.append(Problem(key_path, f"{key!r} takes a list of two operands [left, right]"))
+                # A list of the wrong length: the path names the first missing operand or the one too many.
+                where = child_path(key_path, min(len(value), 2)) if isinstance(value, list) else key_path
+                problems.append(Problem(where, f"{key!r} takes a list of two operands [left, right]"))
                 return Lit(None)
             left = _parse(value[0], child_path(key_path, 0), depth + 1, problems, operand=True)
             right = _parse(value[1], child_path(key_path, 1), depth + 1, problems, operand=True)
             return _compare(OPERATORS[key], left, right, child_path(key_path, 1), problems)
     if not operand:
         keys = ", ".join(sorted(raw)) or "none"
+        where = child_path(path, min(raw)) if raw else path  # the (first) key that is no operator
         problems.append(
-            Problem(path, f"not a condition (keys: {keys}); use [op, left, right], {{op: [l, r]}}, and, or, not, var")
+            Problem(where, f"not a condition (keys: {keys}); use [op, left, right], {{op: [l, r]}}, and, or, not, var")
         )
         return Lit(None)
     return ObjectOf({k: _parse(v, child_path(path, k), depth + 1, problems, operand=True) for k, v in raw.items()})
@@ -190,7 +194,8 @@ def _compare(op: str, left: Expr, right: Expr, right_path: str, problems: list[P
 def _parse_var(raw: dict[str, Any], path: str, problems: list[Problem]) -> Expr:
     extra = set(raw) - {"var", "default"}
     if extra:
-        problems.append(Problem(path, f"'var' takes only 'default' besides the path; unknown: {sorted(extra)}"))
+        problems.append(Problem(child_path(path, min(extra)),
+                                f"'var' takes only 'default' besides the path; unknown: {sorted(extra)}"))
     target = raw["var"]
     if not isinstance(target, str):
         problems.append(Problem(child_path(path, "var"), "'var' must be a string path"))

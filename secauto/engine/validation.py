@@ -11,7 +11,8 @@ A step is ``{"action": NAME, ...fields, ...options}`` or one of the classic SecA
   where a branch is a step, a list of steps, or null / ``{}`` (nothing).
 
 Step options (``name``, ``when``, ``timeout``, ``retry``, ``on_error``, ``output``,
-``strict_templates``) are allowed on every form. Every problem is collected with its JSON path; the
+``strict_templates``) are allowed on every form. Every problem is collected with the JSON path of the
+field that is wrong or missing (``$[1].script``, ``$[0].retry.attempts``, ``$[2].then[0].message``); the
 limits (``max_steps`` steps in the document, nested ones included, and ``max_depth`` levels of nested
 steps) are problems too. :func:`validate_playbook` raises :class:`PlaybookInvalid` and nothing else.
 """
@@ -26,10 +27,11 @@ import msgspec
 
 from secauto.engine.actions import ActionSpec, get_action, registry
 from secauto.engine.conditions import AllOf, AnyOf, ConditionInvalid, Expr, parse_condition
-from secauto.engine.errors import PlaybookInvalid, Problem, child_path, short, split_validation_error
+from secauto.engine.errors import PlaybookInvalid, Problem, child_path, short
 from secauto.engine.model import OPTION_KEYS, Playbook, Step, StepOptions
 from secauto.engine.settings import EngineSettings
 from secauto.engine.templates import is_templated, template_problems
+from secauto.engine.type_problems import type_problem
 
 CLASSIC_KEYS = ("run", "play", "if", "var")
 
@@ -70,8 +72,12 @@ class _Validator:
         base = "$"
         if isinstance(raw, dict):
             extra = [k for k in raw if k not in ("steps", "name", "description")]
+            for key in extra:
+                self.add(child_path("$", str(key)), f"unknown key {short(key)}: a playbook is a list of steps, or an "
+                                                     "object with 'steps' (and 'name', 'description')")
+            if "steps" not in raw:
+                self.add("$.steps", "missing: a playbook object needs 'steps' (a list of steps)")
             if "steps" not in raw or extra:
-                self.add("$", "a playbook is a list of steps, or an object with 'steps' (and 'name', 'description')")
                 return Playbook(steps=(), step_count=0)
             name, description = raw.get("name"), raw.get("description")
             if name is not None and not isinstance(name, str):
@@ -113,7 +119,7 @@ class _Validator:
             return None
         bad_keys = [k for k in raw if not isinstance(k, str)]
         if bad_keys:
-            self.add(path, f"step keys must be strings, got {bad_keys[0]!r}")
+            self.add(child_path(path, str(bad_keys[0])), f"step keys must be strings, got {bad_keys[0]!r}")
             return None
         shaped = self.shape(raw, path)
         if shaped is None:
@@ -152,13 +158,14 @@ class _Validator:
             return self.shape_action(raw, path)
         present = [k for k in CLASSIC_KEYS if k in raw]
         if len(present) > 1 and present[0] != "run":
-            self.add(path, f"ambiguous step: it has both {present[0]!r} and {present[1]!r}")
+            self.add(child_path(path, present[1]), f"ambiguous step: it has both {present[0]!r} and {present[1]!r}")
             return None
         if not present:
             if "plugin" in raw:
                 self.add(child_path(path, "plugin"), "classic plugins are not supported; use run_script")
             else:
-                self.add(path, "a step needs 'action' (or a classic 'run', 'if', 'play' or 'var')")
+                self.add(child_path(path, "action"),
+                         "a step needs 'action' (or a classic 'run', 'if', 'play' or 'var')")
             return None
         kind = present[0]
         options = {k: v for k, v in raw.items() if k in OPTION_KEYS and k != "when"}
@@ -231,7 +238,7 @@ class _Validator:
                 shaped.field_paths[key] = key_path
         for key in spec.required:
             if key not in rest:
-                self.add(path, f"action {action!r} needs {key!r}")
+                self.add(child_path(path, key), f"missing: action {action!r} needs {key!r}")
         shaped.conditions, shaped.children = conditions, children
         return shaped
 
@@ -250,7 +257,9 @@ class _Validator:
             self.add(path, f"'if' takes an object (conditions/logic/true/false), got {_kind(body)}")
             return None
         allowed: tuple[str, ...]
-        if "conditions" in body:
+        classic_only = ("logic", "true", "false")
+        classic = "conditions" in body or ("condition" not in body and any(k in body for k in classic_only))
+        if classic:
             allowed, then_key, else_key = ("conditions", "logic", "true", "false"), "true", "false"
         else:
             allowed, then_key, else_key = ("condition", "then", "else"), "then", "else"
@@ -262,8 +271,9 @@ class _Validator:
             shaped.conditions = {"condition": self.classic_conditions(body, path)}
         elif "condition" in body:
             shaped.conditions = {"condition": self.condition(body["condition"], child_path(path, "condition"))}
-        else:
-            self.add(path, "'if' needs 'conditions' (classic) or 'condition'")
+        else:  # the key of the form the rest is written in
+            self.add(child_path(path, "conditions" if classic else "condition"),
+                     "missing: 'if' needs 'conditions' (classic) or 'condition'")
             return None
         shaped.children = {
             "then": self.branch(body.get(then_key), child_path(path, then_key)),
@@ -301,12 +311,17 @@ class _Validator:
             return AllOf(())
 
     def options(self, raw: dict[str, Any], path: str) -> StepOptions | None:
-        try:
-            return msgspec.convert(raw, StepOptions)
-        except msgspec.ValidationError as exc:
-            where, message = _msgspec_problem(exc, path)
-            self.add(where, message + _choices(StepOptions, where[len(path) + 1 :]))
-            return None
+        """The step's options; each wrong one is a problem of its own (msgspec stops at the first)."""
+        wrong = False
+        for key, value in raw.items():
+            try:
+                msgspec.convert({key: value}, StepOptions)
+            except msgspec.ValidationError as exc:
+                wrong = True
+                problem = type_problem(exc, {key: value}, StepOptions, path)
+                choices = _choices(StepOptions, key) if problem.path == child_path(path, key) else ""
+                self.add(problem.path, problem.message + choices)
+        return None if wrong else msgspec.convert(raw, StepOptions)
 
     def fields(self, spec: ActionSpec[Any], shaped: _Raw, path: str) -> None:
         infos = _field_infos(spec.fields)  # type: ignore[arg-type]
@@ -326,8 +341,9 @@ class _Validator:
             try:
                 msgspec.convert(value, info.type)
             except msgspec.ValidationError as exc:
-                where, message = _msgspec_problem(exc, key_path)
-                self.add(where, message + (_choices(spec.fields, key) if where == key_path else ""))
+                wrong = type_problem(exc, value, info.type, key_path)
+                choices = _choices(spec.fields, key) if wrong.path == key_path else ""
+                self.add(wrong.path, wrong.message + choices)
                 continue
             check = spec.field_checks.get(key)
             problem = check(value) if check else None
@@ -335,7 +351,7 @@ class _Validator:
                 self.add(key_path, problem)
         for key, info in infos.items():
             if info.required and key not in shaped.fields:
-                self.add(path, f"action {spec.name!r} needs {key!r}")
+                self.add(child_path(path, key), f"missing: action {spec.name!r} needs {key!r}")
 
 
 def _default_name(spec: ActionSpec[Any], fields: dict[str, Any]) -> str:
@@ -353,12 +369,6 @@ def _has_template(value: Any, depth: int = 0) -> bool:
     if isinstance(value, dict):
         return any(_has_template(v, depth + 1) for v in value.values())
     return False
-
-
-def _msgspec_problem(exc: msgspec.ValidationError, path: str) -> tuple[str, str]:
-    """Turn msgspec's ``Expected int, got str - at `$.retry.attempts``` into (path, message)."""
-    sub, message = split_validation_error(exc)
-    return path + sub, message
 
 
 @functools.cache

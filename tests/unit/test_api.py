@@ -211,7 +211,7 @@ async def test_batch_with_one_bad_job_stores_nothing(http: aiohttp.ClientSession
     async with http.post("/cluster/jobs/batch", json=body, headers=auth()) as response:
         assert response.status == 400
         error = await response.json()
-    assert error["error"]["details"][0]["field"] == "jobs[1].playbook"
+    assert error["error"]["details"][0]["field"] == "jobs[1].playbook[0].action"
     async with http.post("/cluster/jobs/batch", json={"jobs": []}, headers=auth()) as response:
         assert response.status == 400
     assert await queue_size(http) == 0

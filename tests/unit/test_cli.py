@@ -51,5 +51,6 @@ def test_validate(tmp_path: Path) -> None:
     proc = secauto("validate", str(bad))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert any(": $[0]" in line for line in lines) and any(": $[1]" in line for line in lines)
+    assert any(": $[0].script: bad script name" in line for line in lines), lines
+    assert any(": $[1].seconds: Expected `float`" in line for line in lines), lines
     assert secauto("validate", str(tmp_path / "missing.yaml")).returncode == 2

@@ -129,13 +129,18 @@ async def test_missing_variables_when_not_strict() -> None:
 @pytest.mark.parametrize(
     ("raw", "path"),
     [
-        ({"bogus": 1}, "$"),
+        ({"bogus": 1}, "$.bogus"),
         (["===", 1, 1], "$[0]"),
         (["!==", 1, 1], "$[0]"),
         ({"and": "x"}, "$.and"),
-        ({"eq": [1]}, "$.eq"),
+        ({"eq": [1]}, "$.eq[1]"),
+        ({"eq": [1, 2, 3]}, "$.eq[2]"),
+        ({"eq": 1}, "$.eq"),
+        (["==", 1], "$[2]"),
+        (["==", 1, 2, 3], "$[3]"),
         ({"var": 1}, "$.var"),
-        ({"var": "a", "value": 1}, "$"),
+        ({"var": "a", "value": 1}, "$.value"),
+        ({1: True}, "$[\"1\"]"),
         ({"or": [True, ["matches", "x", "x" * 600]]}, "$.or[1][2]"),
     ],
 )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from secauto.engine import EngineSettings, Playbook, PlaybookInvalid, Problem, validate_playbook
 from secauto.engine.conditions import AllOf, AnyOf, Compare, Var
+from tests.support.playbook_cases import MISSING_FIELDS, WRONG_FIELDS, case_ids
 
 
 def problems(raw: Any, engine: EngineSettings | None = None) -> list[Problem]:
@@ -46,66 +47,36 @@ def test_object_document_with_steps() -> None:
     book = validate_playbook({"name": "x", "description": "d", "steps": [{"action": "log", "message": "m"}]})
     assert book.name == "x" and book.description == "d" and len(book.steps) == 1
     assert paths({"steps": [{"action": "nope"}]}) == ["$.steps[0].action"]
-    assert paths({"stepz": []}) == ["$"]
+    assert paths({"stepz": []}) == ["$.stepz", "$.steps"]
 
 
-@pytest.mark.parametrize(
-    ("raw", "path", "fragment"),
-    [
-        ({"action": "run_script"}, "$", "playbook is a list"),
-        ([1], "$[0]", "must be an object"),
-        ([{}], "$[0]", "needs 'action'"),
-        ([{"action": 5}], "$[0].action", "must be a string"),
-        ([{"action": "explode"}], "$[0].action", "unknown action 'explode'"),
-        ([{"action": "run_script"}], "$[0]", "needs 'script'"),
-        ([{"action": "run_script", "script": "../x"}], "$[0].script", "bad script name"),
-        ([{"action": "run_script", "script": "x", "parameters": []}], "$[0].parameters", "Expected `object`"),
-        ([{"action": "run_script", "script": "x", "parameters": {"target": "{{}}"}}], "$[0].parameters.target",
-         "empty variable path"),
-        ([{"action": "run_script", "script": "x", "parameters": {"t": "{{a b}}"}}], "$[0].parameters.t",
-         "bad variable"),
-        ([{"action": "set", "variables": {}, "retry": {"attempts": 0}}], "$[0].retry.attempts", ">= 1"),
-        ([{"action": "set", "variables": {}, "retry": {"tries": 2}}], "$[0].retry", "unknown field `tries`"),
-        ([{"action": "set", "variables": {}, "on_error": "ignore"}], "$[0].on_error",
-         "Invalid enum value 'ignore' (allowed: fail, continue)"),
-        ([{"action": "set", "variables": {}, "timeout": -1}], "$[0].timeout", "> 0"),
-        ([{"action": "set", "variables": {}, "bogus": 1}], "$[0].bogus", "unknown field 'bogus'"),
-        ([{"action": "set", "variables": {}, "when": {"eqq": [1, 1]}}], "$[0].when", "not a condition"),
-        ([{"action": "set", "variables": {}, "when": ["=~", 1, 1]}], "$[0].when[0]", "unknown operator"),
-        ([{"action": "set", "variables": {}, "when": ["==", 1]}], "$[0].when", "needs [op, left, right]"),
-        ([{"action": "set", "variables": {}, "when": {"var": ""}}], "$[0].when.var", "empty variable path"),
-        ([{"action": "set", "variables": {}, "when": ["matches", "x", "(a)\\1"]}], "$[0].when[2]", "backreferences"),
-        ([{"action": "sleep", "seconds": "soon"}], "$[0].seconds", "Expected `float`"),
-        ([{"action": "http_request", "url": "ftp://x"}], "$[0].url", "not an http(s) URL"),
-        ([{"action": "http_request", "url": "http://x", "method": "BREW"}], "$[0].method", "(allowed: GET, POST"),
-        ([{"action": "play", "playbook": "../etc/passwd"}], "$[0].playbook", "bad playbook name"),
-        ([{"action": "if", "then": []}], "$[0]", "needs 'condition'"),
-        ([{"action": "if", "condition": True, "then": {}}], "$[0].then", "must be a list of steps"),
-        ([{"action": "if", "condition": True, "then": [{"action": "x"}]}], "$[0].then[0].action", "unknown action"),
-        ([{"action": "foreach", "items": [1], "steps": [], "concurrency": 0}], "$[0].concurrency", ">= 1"),
-        ([{"action": "foreach", "items": [1]}], "$[0]", "needs 'steps'"),
-        ([{"play": "a", "if": {}}], "$[0]", "ambiguous"),
-        ([{"plugin": "x"}], "$[0].plugin", "not supported"),
-        ([{"play": "a", "extra": 1}], "$[0].extra", "unknown key 'extra'"),
-        ([{"if": {"conditions": [], "logic": "xor", "true": None}}], "$[0].if.logic", "'and' or 'or'"),
-        ([{"if": {"conditions": [["<", 1]], "true": None}}], "$[0].if.conditions[0]", "needs [op, left, right]"),
-        ([{"if": {"conditions": [], "true": [{"run": "../x"}]}}], "$[0].if.true[0].run", "bad script name"),
-        ([{"if": {"condition": True, "then": {"run": 5}}}], "$[0].if.then.run", "Expected `str`"),
-        ([{"if": {"when": True}}], "$[0].if.when", "unknown key"),
-        ([{"if": [True]}], "$[0].if", "legacy form"),
-        ([{"var": 3}], "$[0].var", "Expected `str`"),
-        ([{"action": "log", "message": "x", "name": ""}], "$[0].name", "length >= 1"),
-        ([{"action": "set", "variables": {"a": 1}, 1: 2}], "$[0]", "keys must be strings"),
-    ],
-)  # fmt: skip
-def test_problems_name_their_path(raw: Any, path: str, fragment: str) -> None:
+@pytest.mark.parametrize(("raw", "path", "fragment"), MISSING_FIELDS, ids=case_ids(MISSING_FIELDS))
+def test_a_missing_field_is_reported_at_the_field(raw: Any, path: str, fragment: str) -> None:
     found = problems(raw)
     assert any(p.path == path and fragment in p.message for p in found), found
 
 
+@pytest.mark.parametrize(("raw", "path", "fragment"), WRONG_FIELDS, ids=case_ids(WRONG_FIELDS))
+def test_a_wrong_field_is_reported_at_the_field(raw: Any, path: str, fragment: str) -> None:
+    found = problems(raw)
+    assert any(p.path == path and fragment in p.message for p in found), found
+
+
+def test_every_wrong_option_is_reported() -> None:
+    found = problems([{"action": "set", "variables": {}, "timeout": 0, "retry": {"attempts": 0, "delay": -1},
+                       "on_error": "x"}])
+    assert sorted(p.path for p in found) == ["$[0].on_error", "$[0].retry.attempts", "$[0].timeout"]
+
+
+def test_each_unknown_dict_key_is_named_even_when_nested() -> None:
+    """msgspec reports a value in a dict as `$[...]`: the path names the key all the same."""
+    found = problems([{"action": "http_request", "url": "http://x", "headers": {"A": "1", "B": ["x"], "C": "3"}}])
+    assert [p.path for p in found] == ["$[0].headers.B"]
+
+
 def test_every_problem_is_reported() -> None:
     found = problems([{"action": "nope"}, {"action": "set"}, {"action": "log", "message": "{{}}"}])
-    assert [p.path for p in found] == ["$[0].action", "$[1]", "$[2].message"]
+    assert [p.path for p in found] == ["$[0].action", "$[1].variables", "$[2].message"]
     assert str(PlaybookInvalid(found)).endswith("(and 2 more problems)")
 
 
