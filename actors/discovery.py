@@ -4,6 +4,10 @@ The view is rebuilt from the registry every heartbeat interval and on every ``no
 ``node.left`` / ``leader.changed`` event (the dispatcher's subscription forwards them). A node whose
 record is gone or whose ``last_seen`` is older than 3 heartbeats is shown ``inactive`` for another 3
 heartbeats, then dropped; a node that left gracefully (``node.left``) is dropped at once.
+
+The answering node's own entry is current, not a heartbeat old: its counters and load come from the
+executor when the view is asked for (other nodes' entries are as their last heartbeat wrote them). If
+the executor does not answer (stopped, or too busy), the entry stays as the registry has it.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
-from actors.core import Actor
-from actors.messages import ClusterView, GetClusterView, MembershipEvent, Refresh
-from secauto.models import NodeInfo, event_decoder
+from actors.core import Actor, ActorDeadError, AskTimeoutError
+from actors.messages import ClusterView, ExecutorStats, GetClusterView, GetStats, MembershipEvent, Refresh
+from secauto.models import NodeInfo, event_decoder, format_timestamp
 
 MISSED_BEATS_INACTIVE = 3
 
 
 class DiscoveryActor(Actor):
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(self, ctx: NodeContext, executor_name: str = "executor") -> None:
         self.ctx = ctx
+        self.executor_name = executor_name
         self.known: dict[str, NodeInfo] = {}
         self.leader: str | None = None
         self.log = logger.bind(component="discovery", node_id=ctx.node_id)
@@ -49,10 +54,27 @@ class DiscoveryActor(Actor):
                 await self._refresh()
                 queue_size, queue_ready = await self.ctx.queue.queue_sizes()
                 nodes = sorted(self.known.values(), key=lambda node: node.id)
+                nodes = [await self._current(node) if node.id == self.ctx.node_id else node for node in nodes]
                 return ClusterView(nodes=nodes, leader=self.leader, queue_size=queue_size, queue_ready=queue_ready)
             case _:
                 raise TypeError(f"discovery got an unexpected message {message!r}")
         return None
+
+    async def _current(self, record: NodeInfo) -> NodeInfo:
+        """This node's record with its executor's live counters, seen now (its status stays as
+        published: ``draining`` is written at once, and ``inactive`` is how the others see it)."""
+        try:
+            stats: ExecutorStats = await self.system.get(self.executor_name).ask(GetStats(), timeout=1.0)
+        except (KeyError, ActorDeadError, AskTimeoutError) as exc:
+            self.log.debug("own entry left as last published, the executor did not answer: {!r}", exc)
+            return record
+        current = msgspec.structs.replace(record, load=stats.load, jobs_running=stats.running,
+                                          jobs_completed=stats.completed, jobs_failed=stats.failed,
+                                          capacity=stats.capacity)
+        if record.status == "inactive":  # the others have not heard from it: keep when they last did
+            return current
+        now = time.time()
+        return msgspec.structs.replace(current, last_seen=format_timestamp(now), last_seen_epoch=now)
 
     async def _refresh(self) -> None:
         try:

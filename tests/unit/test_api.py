@@ -12,6 +12,8 @@ import msgspec
 import pytest
 
 from secauto.node import Node
+from secauto.store.keys import Keys
+from secauto.store.registry import NodeRegistry
 from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth, node_settings, running_node
 
 JOB = {
@@ -78,6 +80,53 @@ async def test_cluster_view_of_a_standalone_node(http: aiohttp.ClientSession) ->
                   "jobs_running", "jobs_completed", "jobs_failed"):
         assert field in node
     assert node["status"] == "active" and node["capabilities"] == ["playbook_execution", "job_processing"]
+
+
+async def test_cluster_view_shows_this_nodes_counters_as_they_are_now() -> None:
+    """The answering node's own entry is current, not as old as its last heartbeat (issue 9, point 3)."""
+    settings = node_settings("slow-beat", cluster={"heartbeat_interval": 3600})
+    async with running_node(settings) as node, aiohttp.ClientSession(base_url=node.url) as http:
+
+        async def own_entry() -> dict[str, Any]:
+            async with http.get("/cluster", headers=auth(VIEWER_KEY)) as response:
+                nodes = (await response.json())["cluster"]["nodes"]
+            assert [entry["id"] for entry in nodes] == ["slow-beat"]
+            return nodes[0]  # type: ignore[no-any-return]
+
+        first = await own_entry()
+        assert (first["jobs_completed"], first["jobs_running"], first["load"]) == (0, 0, 0.0)
+        async with http.post("/cluster/jobs", json={"playbook": [{"action": "sleep", "seconds": 30}]},
+                             headers=auth()) as response:
+            sleeper = (await response.json())["job_id"]
+        async with asyncio.timeout(5):
+            while (await wait_status(http, sleeper)) != "running":
+                await asyncio.sleep(0.02)
+        running = await own_entry()
+        capacity = running["capacity"]
+        assert (running["jobs_running"], running["load"]) == (1, round(1 / capacity, 4))
+        async with http.post("/cluster/jobs", json={"playbook": [{"action": "log", "message": "done"}]},
+                             headers=auth()) as response:
+            quick = (await response.json())["job_id"]
+        assert (await wait_job(http, quick))["status"] == "completed"
+        async with http.post("/cluster/jobs", json={"playbook": [{"action": "fail"}], "max_retries": 0},
+                             headers=auth()) as response:
+            failing = (await response.json())["job_id"]
+        assert (await wait_job(http, failing))["status"] == "failed"
+        async with http.delete(f"/cluster/jobs/{sleeper}", headers=auth()) as response:
+            assert response.status == 200
+        async with asyncio.timeout(5):  # the cancelled attempt leaves the executor within a second
+            while (now := await own_entry())["jobs_running"] != 0:
+                await asyncio.sleep(0.02)
+        assert (now["jobs_completed"], now["jobs_failed"], now["load"]) == (1, 1, 0.0)
+        # the registry itself still has the record of the start: only the answering node is current
+        records = await NodeRegistry(node.redis, Keys("test-cluster")).live_nodes()
+        assert [(r.jobs_completed, r.jobs_failed) for r in records] == [(0, 0)]
+        assert records[0].last_seen <= first["last_seen"] < now["last_seen"]
+
+
+async def wait_status(http: aiohttp.ClientSession, job_id: str) -> str:
+    async with http.get(f"/cluster/jobs/{job_id}", headers=auth()) as response:
+        return (await response.json())["job"]["status"]  # type: ignore[no-any-return]
 
 
 async def test_health_needs_no_key(http: aiohttp.ClientSession) -> None:
