@@ -8,7 +8,7 @@ For every (scenario, node count) it:
 2. starts N ``secauto serve`` processes (own configs, free ports, logging at warning) and waits until
    the cluster view lists all of them; RSS at rest;
 3. (first scenario per node count) probes an idle cluster: submit-to-start latency of single jobs sent
-   with gaps, and the single-job ``POST /cluster/jobs`` rate (sequential and 16 in flight);
+   with gaps;
 4. measures an idle window of Redis traffic (heartbeats, timers) to subtract from the load windows;
 5. live: submits J jobs with ``SecautoClient.submit_batch`` (batches round-robin over the nodes, one
    request in flight per node) while the nodes drain, until all are finished; submit rate, drain rate
@@ -19,8 +19,10 @@ For every (scenario, node count) it:
    same way (enqueue, then one worker drains);
 7. stops the nodes (SIGTERM, SIGKILL after 10 s).
 
-Then the run_script cost (single jobs one after another vs the bare interpreter on the same script)
-and, with ``--compare``, the peers. JSON on stdout, a table on stderr.
+Then the single-submit probe (``POST /cluster/jobs`` one job per request on one node at an explicit
+log level, side by side with a bare aiohttp handler, see :func:`submit_probe`), the run_script cost
+(single jobs one after another vs the bare interpreter on the same script) and, with ``--compare``,
+the peers. JSON on stdout, a table on stderr.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from benchmarks.cluster import (
     API_KEY,
     CLUSTER_NAME,
     REPO,
+    BareServer,
     BenchRedis,
     NodeSet,
     cpu_count,
@@ -339,7 +342,6 @@ class Run:
             if self.probes:
                 log(f"{self.scenario} x{self.n}: idle-cluster probes")
                 out["idle_submit_to_start"] = await self.idle_latency()
-                out["single_submit"] = await self.single_submit()
             self.background = await self.idle_window(2.0)
             out["redis_background"] = self.background.per_second()
             with RssSampler(self.nodes.pids) as sampler:
@@ -391,30 +393,6 @@ class Run:
                  for job in records if job.get("started_at") and job.get("submitted_at")]
         return {"jobs": len(ids), "gap_s": self.opts.idle_gap, "submit_to_start_ms": summary_ms(waits),
                 "submit_http_ms": summary_ms(http_ms), "note": "timestamps have 1 ms resolution"}
-
-    async def single_submit(self) -> dict[str, Any]:
-        """``POST /cluster/jobs`` one job per request: sequential, then 16 in flight (round robin)."""
-        playbook = noop_playbook()
-        count = self.opts.single_jobs
-        out: dict[str, Any] = {"jobs": count}
-        t0 = time.perf_counter()
-        for index in range(count):
-            await self.clients[index % len(self.clients)].live()
-        # The floor of one HTTP request through this client and the node's aiohttp server.
-        out["health_live_rate_1_in_flight"] = rate(count, time.perf_counter() - t0)
-        for parallel in (1, 16):
-            ids: list[str] = []
-            sem = asyncio.Semaphore(parallel)
-
-            async def one(index: int, sem: asyncio.Semaphore = sem, ids: list[str] = ids) -> None:
-                async with sem:
-                    ids.append(await self.clients[index % len(self.clients)].submit(playbook))
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one(i) for i in range(count)))
-            out[f"rate_{parallel}_in_flight"] = rate(count, time.perf_counter() - t0)
-            await wait_finished(self.redis, ids, self.nodes, self.timeout_for(count), OwnTraffic())
-        return out
 
     async def _submit_batches(self, bodies: list[dict[str, Any]]) -> list[str]:
         """Batches of ``--batch-size`` round-robin over the nodes, one request in flight per node."""
@@ -535,6 +513,103 @@ async def script_cost(opts: argparse.Namespace, redis: BenchRedis, workdir: Path
     return out
 
 
+SUBMIT_PARALLEL = (1, 16)
+
+
+async def submit_round(client: SecautoClient, playbook: list[Any], count: int, parallel: int,
+                       ids: list[str], **options: Any) -> tuple[float, list[float]]:
+    """``count`` single-job ``POST /cluster/jobs`` with ``parallel`` requests in flight: (rate, latencies ms).
+    The job ids answered are appended to ``ids``."""
+    latencies: list[float] = []
+    indexes = iter(range(count))
+
+    async def worker() -> None:
+        for _ in indexes:  # shared: each worker takes the next request
+            t0 = time.perf_counter()
+            ids.append(await client.submit(playbook, **options))
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+    return rate(count, time.perf_counter() - t0), latencies
+
+
+async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Path) -> dict[str, Any]:
+    """The single-job ``POST /cluster/jobs`` rate and latency of one node, side by side with a bare aiohttp
+    handler (benchmarks/bare.py: read, decode, answer; no auth, validation, Redis or logging).
+
+    Both are measured by the same client (one ``SecautoClient``, a pool of 32 connections) the same way:
+    ``--single-jobs`` requests one at a time, then with 16 in flight, alternating bare and node, for
+    ``--submit-rounds`` rounds. The node runs at ``logging.level: --submit-log-level`` and is a live
+    cluster node: while it answers, it also claims and runs the no-op jobs it accepts (logging their
+    lifecycle). After each node measurement the bench waits until those jobs finished, so every
+    measurement starts on an idle node. Rates are medians of the rounds, latencies pooled over them.
+    """
+    playbook = noop_playbook()
+    count, rounds = opts.single_jobs, opts.submit_rounds
+    await redis.flush()
+    probe_dir = workdir / "submit-probe"
+    nodes = NodeSet(probe_dir, redis.url, 1, concurrency=opts.concurrency, log_level=opts.submit_log_level)
+    bare = BareServer(probe_dir)
+    measured: dict[str, dict[int, list[tuple[float, list[float]]]]] = {
+        "bare": {p: [] for p in SUBMIT_PARALLEL}, "node": {p: [] for p in SUBMIT_PARALLEL}}
+    submitted = 0
+    out: dict[str, Any] = {
+        "jobs_per_measurement": count, "rounds": rounds, "node_log_level": opts.submit_log_level,
+        "playbook": playbook, "client": "one SecautoClient (aiohttp, 32 connections) in the bench process",
+        "node_activity": "a live cluster node with max_concurrent_jobs="
+                         f"{opts.concurrency}: it also claims and runs every no-op job it accepts (the bench waits "
+                         "for them to finish between measurements)",
+        "bare_handler": "benchmarks/bare.py: aiohttp, read + decode the JSON body, answer job_id and timestamp",
+    }
+    try:
+        await asyncio.gather(nodes.start(), bare.start())
+        async with SecautoClient(nodes.urls[0], API_KEY, max_connections=32) as node_client, \
+                SecautoClient(bare.url, API_KEY, max_connections=32) as bare_client:
+            targets = {"bare": bare_client, "node": node_client}
+            for name, client in targets.items():  # warm-up: connections, caches, the submit script
+                ids: list[str] = []
+                await submit_round(client, playbook, min(200, count), 16, ids)
+                if name == "node":
+                    submitted += len(ids)
+                    await wait_finished(redis, ids, nodes, opts.timeout, OwnTraffic())
+            for round_no in range(rounds):
+                log(f"submit probe: round {round_no + 1}/{rounds}")
+                for parallel in SUBMIT_PARALLEL:
+                    for name, client in targets.items():
+                        ids = []
+                        measured[name][parallel].append(await submit_round(client, playbook, count, parallel, ids))
+                        if name == "node":
+                            submitted += len(ids)
+                            await wait_finished(redis, ids, nodes, opts.timeout, OwnTraffic())
+    finally:
+        await bare.stop()
+        problems = await nodes.stop()
+        if problems:
+            out["node_problems"] = problems
+        if nodes.procs:
+            out["node_logs"] = nodes.log_summary()
+            out["node_log_lines_per_job"] = round(nodes.log_lines() / submitted, 2) if submitted else None
+        await redis.flush()
+    for name, by_parallel in measured.items():
+        out[name] = {}
+        for parallel, results in by_parallel.items():
+            rates = [result[0] for result in results]
+            latencies = [value for result in results for value in result[1]]
+            out[name][f"{parallel}_in_flight"] = {"rate": sorted(rates)[len(rates) // 2] if rates else None,
+                                                  "rates": rates, "latency_ms": summary_ms(latencies)}
+    for parallel in SUBMIT_PARALLEL:
+        node_rate = _rate_of(out, "node", parallel)
+        bare_rate = _rate_of(out, "bare", parallel)
+        out[f"node_vs_bare_{parallel}_in_flight"] = round(node_rate / bare_rate, 2) if node_rate and bare_rate else None
+    return out
+
+
+def _rate_of(probe: dict[str, Any], name: str, parallel: int) -> float | None:
+    value = probe.get(name, {}).get(f"{parallel}_in_flight", {}).get("rate")
+    return float(value) if value else None
+
+
 async def compare(opts: argparse.Namespace, redis: BenchRedis, runs: list[dict[str, Any]]) -> dict[str, Any]:
     tasks = [task for task in ("noop", "sleep") if task in opts.scenarios] or ["noop"]
     results: list[dict[str, Any]] = []
@@ -643,7 +718,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=MAX_BATCH, help=f"jobs per batch request (max {MAX_BATCH})")
     parser.add_argument("--idle-probes", type=int, help="single jobs for the idle submit-to-start probe (default 50)")
     parser.add_argument("--idle-gap", type=float, default=0.05, help="seconds between idle probes (default 0.05)")
-    parser.add_argument("--single-jobs", type=int, help="jobs for the single-submit rate (default 1000)")
+    parser.add_argument("--single-jobs", type=int,
+                        help="requests per measurement of the single-submit probe (default 1000; --quick: 200)")
+    parser.add_argument("--submit-rounds", type=int,
+                        help="rounds of the single-submit probe, bare and node alternating (default 3; --quick: 1)")
+    parser.add_argument("--submit-log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="logging.level of the single-submit probe's node (default info, as in production)")
+    parser.add_argument("--submit-only", action="store_true",
+                        help="run only the single-submit probe (no scenarios, script cost or peers)")
     parser.add_argument("--script-cost-runs", type=int, help="runs of the run_script cost probe (default 30)")
     parser.add_argument("--timeout", type=float, default=300.0, help="upper bound on any one wait, seconds")
     parser.add_argument("--output", type=Path, help="also write the JSON document to this file")
@@ -653,7 +736,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     opts.jobs = opts.jobs or (500 if quick else 5000)
     opts.script_jobs = opts.script_jobs or (min(opts.jobs, 100) if quick else min(opts.jobs, 500))
     opts.idle_probes = opts.idle_probes or (15 if quick else 50)
-    opts.single_jobs = opts.single_jobs or (100 if quick else 1000)
+    opts.single_jobs = opts.single_jobs or (200 if quick else 1000)
+    opts.submit_rounds = opts.submit_rounds or (1 if quick else 3)
     opts.script_cost_runs = opts.script_cost_runs or (8 if quick else 30)
     try:
         opts.nodes = sorted({int(item) for item in opts.nodes.split(",") if item.strip()})
@@ -688,7 +772,7 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
         result["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()}
         result["runs"] = runs = []
         probed: set[int] = set()
-        for nodes in opts.nodes:
+        for nodes in ([] if opts.submit_only else opts.nodes):
             for scenario in opts.scenarios:
                 jobs = opts.script_jobs if scenario == "script" else opts.jobs
                 run = Run(opts, redis, workdir, scenario, nodes, jobs, probes=nodes not in probed)
@@ -702,14 +786,21 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
                                  "error": f"{type(exc).__name__}: {exc}",
                                  "traceback": traceback.format_exc(limit=5), "logs": str(run.nodes.workdir)})
                 report.print_run(runs[-1])
-        if "script" in opts.scenarios:
+        log("single-submit probe: one node vs a bare aiohttp handler")
+        try:
+            result["submit_probe"] = await submit_probe(opts, redis, workdir)
+        except Exception as exc:
+            failed = True
+            result["submit_probe"] = {"error": f"{type(exc).__name__}: {exc}",
+                                      "traceback": traceback.format_exc(limit=5)}
+        if "script" in opts.scenarios and not opts.submit_only:
             log("run_script cost vs bare interpreter")
             try:
                 result["script_cost"] = await script_cost(opts, redis, workdir)
             except Exception as exc:
                 failed = True
                 result["script_cost"] = {"error": f"{type(exc).__name__}: {exc}"}
-        if opts.compare:
+        if opts.compare and not opts.submit_only:
             result["compare"] = await compare(opts, redis, runs)
     except asyncio.CancelledError:
         result["interrupted"] = True

@@ -91,14 +91,39 @@ class BenchRedis:
         await asyncio.to_thread(self.proc.close)
 
 
+class BareServer:
+    """benchmarks/bare.py in its own process on a free port: the baseline of the single-submit probe."""
+
+    def __init__(self, workdir: Path) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = SecautoProcess(workdir / "bare-unused.yaml", log_dir=workdir / "logs", name="bare", url=self.url,
+                                   cwd=workdir, env={"PYTHONPATH": str(REPO)},
+                                   command=[sys.executable, "-m", "benchmarks.bare", "--port", str(port)])
+
+    async def start(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        self.proc.start()
+        await self.proc.wait_http(timeout=timeout)
+
+    async def stop(self) -> None:
+        def _stop() -> None:
+            if self.proc.is_running:
+                self.proc.terminate(timeout=10)
+            self.proc.cleanup(timeout=5)
+
+        await asyncio.to_thread(_stop)
+
+
 class NodeSet:
     """N `secauto serve` processes of one cluster on free ports, configs and logs under ``workdir``."""
 
-    def __init__(self, workdir: Path, redis_url: str, count: int, *, concurrency: int) -> None:
+    def __init__(self, workdir: Path, redis_url: str, count: int, *, concurrency: int,
+                 log_level: str = "warning") -> None:
         self.workdir = workdir
         self.redis_url = redis_url
         self.count = count
         self.concurrency = concurrency
+        self.log_level = log_level  # logging.level of the nodes
         self.procs: list[SecautoProcess] = []
 
     def _config(self, index: int, port: int) -> dict[str, Any]:
@@ -108,7 +133,7 @@ class NodeSet:
                         "cluster_name": CLUSTER_NAME, "max_concurrent_jobs": self.concurrency},
             "security": {"api_keys": [API_KEY]},
             "engine": {"scripts_dir": str(REPO / "automations"), "playbooks_dir": str(REPO / "playbooks")},
-            "logging": {"level": "warning", "destination": "stderr"},
+            "logging": {"level": self.log_level, "destination": "stderr"},
         }
 
     @property
@@ -168,9 +193,15 @@ class NodeSet:
         return "\n".join(proc.log_tail(lines) for proc in self.procs)
 
     def log_summary(self, samples: int = 5) -> dict[str, Any]:
-        """What the nodes logged (they run at level warning, so every line is a warning or worse)."""
-        lines = [line for proc in self.procs for line in proc.read_logs().splitlines() if line.strip()]
+        """What the nodes logged above info (warnings, errors, anything not a JSON line), with samples."""
+        quiet = ('"level":"info"', '"level":"debug"', '"level":"trace"', '"level":"success"')
+        lines = [line for proc in self.procs for line in proc.read_logs().splitlines()
+                 if line.strip() and not any(level in line for level in quiet)]
         return {"lines": len(lines), "samples": [line[:300] for line in lines[:samples]]}
+
+    def log_lines(self) -> int:
+        """Every line the nodes logged (stdout and stderr)."""
+        return sum(1 for proc in self.procs for line in proc.read_logs().splitlines() if line.strip())
 
     def exited(self) -> list[str]:
         return [f"{proc.name} exited with code {proc.returncode}" for proc in self.procs if proc.returncode is not None]

@@ -10,6 +10,8 @@ TARGETS = {
     "noop_3node_vs_1node": 1.5,
     "roundtrips_per_job": 3.0,
     "idle_submit_to_start_p99_ms": 20.0,
+    "submit_16_in_flight_vs_bare": 0.5,  # issue 9: half the bare aiohttp handler's rate, 16 in flight
+    "submit_16_in_flight_p99_ms": 20.0,
     "script_step_vs_bare": 1.2,
     "node_rss_at_rest_mb": 80.0,
     "redis_bytes_per_queued_job": 1536.0,
@@ -99,14 +101,12 @@ def print_tables(result: dict[str, Any]) -> None:
     probes = [run for run in runs if "idle_submit_to_start" in run]
     if probes:
         _err()
-        _err("idle cluster: submit-to-start p50/p99/max ms, single-job POST rate (1 / 16 in flight)")
+        _err("idle cluster: submit-to-start p50/p99/max ms")
         for run in probes:
             idle = run["idle_submit_to_start"]["submit_to_start_ms"]
-            single = run.get("single_submit", {})
             _err(f"  {run['nodes']} node(s): {_fmt(idle.get('p50'), 1)}/{_fmt(idle.get('p99'), 1)}/"
-                 f"{_fmt(idle.get('max'), 1)} ms   single submit {_fmt(single.get('rate_1_in_flight'))} / "
-                 f"{_fmt(single.get('rate_16_in_flight'))} jobs/s (GET /health/live floor "
-                 f"{_fmt(single.get('health_live_rate_1_in_flight'))}/s)")
+                 f"{_fmt(idle.get('max'), 1)} ms")
+    print_submit_probe(result.get("submit_probe"))
     cost = result.get("script_cost")
     if cost:
         _err()
@@ -151,6 +151,29 @@ def print_tables(result: dict[str, Any]) -> None:
             _err(f"  {mark}  {target['name']}: {_fmt(target['value'], 2)} (target {target['op']} {target['target']})"
                  f"{'  ' + target['note'] if target.get('note') else ''}")
     _err(f"wall time {result.get('wall_s', '?')} s{'  (INTERRUPTED)' if result.get('interrupted') else ''}")
+
+
+def print_submit_probe(probe: dict[str, Any] | None) -> None:
+    if not probe:
+        return
+    _err()
+    if "error" in probe:
+        _err(f"single-submit probe: ERROR {probe['error']}")
+        return
+    _err(f"single-job POST /cluster/jobs, {probe['jobs_per_measurement']} requests x {probe['rounds']} round(s): "
+         f"median rate, latency p50/p99 ms (node at {probe['node_log_level']}, "
+         f"{_fmt(probe.get('node_log_lines_per_job'), 2)} log lines per job)")
+    _err("  {:<10} {:>10} {:>13} {:>10} {:>13}".format("", "1 in flight", "p50/p99", "16 in flight", "p50/p99"))
+    for name in ("bare", "node"):
+        cells = []
+        for parallel in (1, 16):
+            entry = _g(probe, name, f"{parallel}_in_flight", default={})
+            latency = entry.get("latency_ms", {})
+            cells += [f"{_fmt(entry.get('rate'))}/s", f"{_fmt(latency.get('p50'), 1)}/{_fmt(latency.get('p99'), 1)}"]
+        _err("  {:<10} {:>10} {:>13} {:>10} {:>13}".format(name, *cells))
+    _err("  {:<10} {:>10} {:>13} {:>10} {:>13}".format(
+        "node/bare", f"x{_fmt(probe.get('node_vs_bare_1_in_flight'), 2)}", "",
+        f"x{_fmt(probe.get('node_vs_bare_16_in_flight'), 2)}", ""))
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +230,11 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     idle = [_g(run, "idle_submit_to_start", "submit_to_start_ms", "p99") for run in runs]
     idle = [value for value in idle if value is not None]
     target("idle_submit_to_start_p99_ms", max(idle) if idle else None, "<", "worst node count")
+    probe = result.get("submit_probe") or {}
+    target("submit_16_in_flight_vs_bare", probe.get("node_vs_bare_16_in_flight"), ">=",
+           f"single-job POST /cluster/jobs, node at {probe.get('node_log_level', '-')} vs benchmarks/bare.py")
+    target("submit_16_in_flight_p99_ms", _g(probe, "node", "16_in_flight", "latency_ms", "p99"), "<",
+           "node, single-job POST /cluster/jobs")
     cost = result.get("script_cost") or {}
     target("script_step_vs_bare", cost.get("ratio_job_execution_vs_bare"), "<=",
            f"job execution vs bare spawn (medians); step alone x{cost.get('ratio_step_vs_bare', '-')}")
