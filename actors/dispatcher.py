@@ -1,5 +1,9 @@
 """DispatcherActor: accepts submissions and claims work for this node while it has free slots.
 
+Submissions do not wait in the mailbox for Redis: ``SubmitJobs`` hands them to the
+:class:`~actors.submit_writer.SubmitWriter` (a tracked task of this actor) and answers a future at
+once, so they never queue behind a claim, and concurrent ones share one script call.
+
 It wakes on the control channel's ``wake`` (published when jobs are submitted, retried or requeued),
 when the executor frees slots, and on a slow poll that only covers lost notifications. It never claims
 more jobs than free slots, so no job waits behind a busy node (no prefetch). Redis errors during a
@@ -39,7 +43,8 @@ from actors.messages import (
     SubmitJobs,
     Wake,
 )
-from secauto.models import event_decoder, make_event
+from actors.submit_writer import SubmitWriter
+from secauto.models import event_decoder
 from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
 
 WAKE = b"wake"  # on the control channel: jobs became claimable (see store/lua/lib.lua)
@@ -63,6 +68,10 @@ class DispatcherActor(Actor):
         self.claiming = True
         self._wake_queued = False
         self._due_wake: float | None = None  # loop time of the planned wake-up for a delayed job
+        cluster = ctx.settings.config.cluster
+        self.submissions = SubmitWriter(ctx.queue, ctx.node_id, ctx.metrics,
+                                        durable_replicas=cluster.durable_replicas if cluster.durable_submit else 0,
+                                        durable_timeout_ms=int(cluster.durable_timeout * 1000))
         self.log = logger.bind(component="dispatcher", node_id=ctx.node_id)
 
     @property
@@ -70,6 +79,7 @@ class DispatcherActor(Actor):
         return self.ctx.capacity - self.in_flight if self.claiming else 0
 
     async def on_start(self) -> None:
+        self.run_task(self.submissions.run(), name="submit-writer")
         self.run_task(self._listen(), name="dispatcher-events")
         poll = self.ctx.settings.config.cluster.poll_interval
         self.start_timer("poll", poll, Wake(), initial_delay=0.0)
@@ -87,17 +97,7 @@ class DispatcherActor(Actor):
                 self.in_flight -= count
                 self._request_wake()
             case SubmitJobs(jobs=jobs, delays_ms=delays_ms):
-                events = [make_event("job.submitted", job_id=job.id, node_id=self.ctx.node_id, status="pending",
-                                     priority=job.priority) for job in jobs]
-                cluster = self.ctx.settings.config.cluster
-                stored = await self.ctx.queue.submit(
-                    jobs, events, delays_ms=delays_ms,
-                    durable_replicas=cluster.durable_replicas if cluster.durable_submit else 0,
-                    durable_timeout_ms=int(cluster.durable_timeout * 1000))
-                self.ctx.metrics.jobs_submitted.inc(stored)
-                for job in jobs:
-                    self.log.bind(job_id=job.id).info("Job submitted to distributed queue")
-                return stored
+                return self.submissions.add(jobs, delays_ms)
             case GetJob(job_id=job_id):
                 return await self.ctx.queue.get_raw(job_id)
             case CancelJob(job_id=job_id):

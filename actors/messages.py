@@ -9,7 +9,9 @@ from secauto.models import Job, NodeInfo
 
 # --- Dispatcher ---------------------------------------------------------------------------------
 class SubmitJobs(msgspec.Struct, frozen=True):
-    """Ask: store and queue jobs (each after its delay, in ms). Answers the number stored."""
+    """Ask: store and queue jobs (each after its delay, in ms). Answers at once with an
+    ``asyncio.Future[None]`` that resolves when they are stored (see actors/submit_writer.py), or fails
+    with the Redis error, or ``ActorDeadError`` if the dispatcher stops first."""
 
     jobs: list[Job]
     delays_ms: list[int] | None = None

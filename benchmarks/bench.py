@@ -534,16 +534,37 @@ async def submit_round(client: SecautoClient, playbook: list[Any], count: int, p
     return rate(count, time.perf_counter() - t0), latencies
 
 
+# Jobs submitted to the node's submit path measurement are held back this long (the bench removes them).
+HOLD_S = 3600.0
+
+
+async def drop_held_jobs(redis: BenchRedis, ids: Sequence[str]) -> None:
+    """Remove jobs parked in the delayed set, and their records (only the bench's own Redis)."""
+    assert KEYS.delayed is not None, "the store has no delayed set"
+    for offset in range(0, len(ids), 500):
+        chunk = list(ids[offset:offset + 500])
+        await redis.r.zrem(KEYS.delayed, *chunk)
+        await redis.r.delete(*(KEYS.job_prefix + job_id for job_id in chunk))
+
+
 async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Path) -> dict[str, Any]:
     """The single-job ``POST /cluster/jobs`` rate and latency of one node, side by side with a bare aiohttp
     handler (benchmarks/bare.py: read, decode, answer; no auth, validation, Redis or logging).
 
-    Both are measured by the same client (one ``SecautoClient``, a pool of 32 connections) the same way:
-    ``--single-jobs`` requests one at a time, then with 16 in flight, alternating bare and node, for
-    ``--submit-rounds`` rounds. The node runs at ``logging.level: --submit-log-level`` and is a live
-    cluster node: while it answers, it also claims and runs the no-op jobs it accepts (logging their
-    lifecycle). After each node measurement the bench waits until those jobs finished, so every
-    measurement starts on an idle node. Rates are medians of the rounds, latencies pooled over them.
+    Three measurements, by the same client (one ``SecautoClient`` per server, a pool of 32 connections)
+    the same way: ``--single-jobs`` requests one at a time, then with 16 in flight, for
+    ``--submit-rounds`` rounds, the three alternating:
+
+    * ``bare``: the bare handler;
+    * ``node_submit``: the node's submit path alone. The jobs carry ``delay`` (an hour) so that the node
+      does not run them during the measurement; everything else is the real path (auth, validation, the
+      dispatcher, the submit script, the wake-up and the claim it triggers, the log line);
+    * ``node_submit_and_run``: no-op jobs that the node also claims and runs (and logs) while answering,
+      as a node that is both API and worker does. After each measurement the bench waits until they
+      finished, so each measurement starts on an idle node.
+
+    The node runs at ``logging.level: --submit-log-level``. Rates are medians of the rounds, latencies
+    are pooled over them.
     """
     playbook = noop_playbook()
     count, rounds = opts.single_jobs, opts.submit_rounds
@@ -551,37 +572,49 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
     probe_dir = workdir / "submit-probe"
     nodes = NodeSet(probe_dir, redis.url, 1, concurrency=opts.concurrency, log_level=opts.submit_log_level)
     bare = BareServer(probe_dir)
+    names = ("bare", "node_submit", "node_submit_and_run")
     measured: dict[str, dict[int, list[tuple[float, list[float]]]]] = {
-        "bare": {p: [] for p in SUBMIT_PARALLEL}, "node": {p: [] for p in SUBMIT_PARALLEL}}
+        name: {p: [] for p in SUBMIT_PARALLEL} for name in names}
     submitted = 0
     out: dict[str, Any] = {
         "jobs_per_measurement": count, "rounds": rounds, "node_log_level": opts.submit_log_level,
-        "playbook": playbook, "client": "one SecautoClient (aiohttp, 32 connections) in the bench process",
-        "node_activity": "a live cluster node with max_concurrent_jobs="
-                         f"{opts.concurrency}: it also claims and runs every no-op job it accepts (the bench waits "
-                         "for them to finish between measurements)",
-        "bare_handler": "benchmarks/bare.py: aiohttp, read + decode the JSON body, answer job_id and timestamp",
+        "playbook": playbook, "client": "one SecautoClient (aiohttp, 32 connections) per server, in the bench "
+                                        "process",
+        "bare": {"what": "benchmarks/bare.py: aiohttp, read + decode the JSON body, answer job_id and timestamp"},
+        "node_submit": {"what": f"the node's submit path: jobs held back by delay={HOLD_S:g}s, so none runs "
+                                "during the measurement (removed afterwards)"},
+        "node_submit_and_run": {"what": "no-op jobs the node also claims, runs and logs while answering "
+                                        f"(max_concurrent_jobs={opts.concurrency}); the bench waits for them to "
+                                        "finish between measurements"},
     }
     try:
         await asyncio.gather(nodes.start(), bare.start())
         async with SecautoClient(nodes.urls[0], API_KEY, max_connections=32) as node_client, \
                 SecautoClient(bare.url, API_KEY, max_connections=32) as bare_client:
-            targets = {"bare": bare_client, "node": node_client}
-            for name, client in targets.items():  # warm-up: connections, caches, the submit script
+            targets: dict[str, tuple[SecautoClient, dict[str, Any]]] = {
+                "bare": (bare_client, {}), "node_submit": (node_client, {"delay": HOLD_S}),
+                "node_submit_and_run": (node_client, {})}
+
+            async def measure(name: str, requests: int, parallel: int) -> tuple[float, list[float]]:
+                nonlocal submitted
+                client, options = targets[name]
                 ids: list[str] = []
-                await submit_round(client, playbook, min(200, count), 16, ids)
-                if name == "node":
-                    submitted += len(ids)
+                result = await submit_round(client, playbook, requests, parallel, ids, **options)
+                if name == "node_submit_and_run":
                     await wait_finished(redis, ids, nodes, opts.timeout, OwnTraffic())
+                elif name == "node_submit":  # the held-back jobs go: the next measurements start clean
+                    await drop_held_jobs(redis, ids)
+                if name != "bare":
+                    submitted += len(ids)
+                return result
+
+            for name in names:  # warm-up: connections, caches, the submit script
+                await measure(name, min(200, count), 16)
             for round_no in range(rounds):
                 log(f"submit probe: round {round_no + 1}/{rounds}")
                 for parallel in SUBMIT_PARALLEL:
-                    for name, client in targets.items():
-                        ids = []
-                        measured[name][parallel].append(await submit_round(client, playbook, count, parallel, ids))
-                        if name == "node":
-                            submitted += len(ids)
-                            await wait_finished(redis, ids, nodes, opts.timeout, OwnTraffic())
+                    for name in names:
+                        measured[name][parallel].append(await measure(name, count, parallel))
     finally:
         await bare.stop()
         problems = await nodes.stop()
@@ -589,19 +622,20 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
             out["node_problems"] = problems
         if nodes.procs:
             out["node_logs"] = nodes.log_summary()
-            out["node_log_lines_per_job"] = round(nodes.log_lines() / submitted, 2) if submitted else None
+            # jobs held back never ran: they logged their submission only
+            out["node_log_lines"] = nodes.log_lines()
         await redis.flush()
     for name, by_parallel in measured.items():
-        out[name] = {}
         for parallel, results in by_parallel.items():
-            rates = [result[0] for result in results]
+            rates = sorted(result[0] for result in results)
             latencies = [value for result in results for value in result[1]]
-            out[name][f"{parallel}_in_flight"] = {"rate": sorted(rates)[len(rates) // 2] if rates else None,
+            out[name][f"{parallel}_in_flight"] = {"rate": rates[len(rates) // 2] if rates else None,
                                                   "rates": rates, "latency_ms": summary_ms(latencies)}
-    for parallel in SUBMIT_PARALLEL:
-        node_rate = _rate_of(out, "node", parallel)
-        bare_rate = _rate_of(out, "bare", parallel)
-        out[f"node_vs_bare_{parallel}_in_flight"] = round(node_rate / bare_rate, 2) if node_rate and bare_rate else None
+    for name in names[1:]:
+        for parallel in SUBMIT_PARALLEL:
+            node_rate, bare_rate = _rate_of(out, name, parallel), _rate_of(out, "bare", parallel)
+            out[name][f"vs_bare_{parallel}_in_flight"] = (round(node_rate / bare_rate, 2)
+                                                          if node_rate and bare_rate else None)
     return out
 
 

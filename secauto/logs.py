@@ -9,13 +9,13 @@ never passed to the logger in the first place; this module does not scrub them a
 from __future__ import annotations
 
 import sys
-from datetime import UTC
 from typing import Any, TextIO
 
 import msgspec
 from loguru import logger
 
 from secauto.config import LoggingConfig
+from secauto.models import format_timestamp
 
 _encoder = msgspec.json.Encoder()
 _FIRST = ("timestamp", "level", "component", "message", "job_id", "node_id")
@@ -24,10 +24,11 @@ _INTERNAL = "_line"
 
 def format_record(record: Any) -> str:
     """The JSON line (without newline) for a loguru record."""
-    moment = record["time"].astimezone(UTC)
     extra = record["extra"]
     entry: dict[str, Any] = {
-        "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+        # The same RFC 3339 UTC form as the API's timestamps (its date part is cached per second: a
+        # busy node writes a few lines per job).
+        "timestamp": format_timestamp(record["time"].timestamp()),
         "level": record["level"].name.lower(),
         "component": extra.get("component", "secauto"),
         "message": record["message"],

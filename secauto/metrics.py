@@ -9,6 +9,8 @@ Redis operation (heartbeat write, health check, scrape) succeeded.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 # The *_created series double the output and nobody here reads them.
@@ -56,9 +58,18 @@ class NodeMetrics:
                                           ["outcome"], registry=registry)
         self.http_requests = Counter("secauto_http_requests", "HTTP requests by route, method and status",
                                      ["route", "method", "status"], registry=registry)
+        self._requests: dict[tuple[str, str, int], Any] = {}  # labelled children of http_requests
         self.info = Gauge("secauto_node_info", "Constant 1, labelled with this node's id", ["node_id"],
                           registry=registry)
         self.info.labels(node_id=node_id).set(1)
+
+    def count_request(self, route: str, method: str, status: int) -> None:
+        """One HTTP request more for ``route`` (a route template), ``method`` and ``status``."""
+        key = (route, method, status)
+        child = self._requests.get(key)
+        if child is None:  # prometheus-client looks labels up under a lock: done once per combination
+            child = self._requests[key] = self.http_requests.labels(route=route, method=method, status=str(status))
+        child.inc()
 
     def render(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""

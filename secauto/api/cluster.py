@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 import time
@@ -10,8 +11,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from aiohttp import web
 
+from actors.core import AskTimeoutError
 from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
-from secauto.api.errors import ApiError, ErrorDetail, body_detail, playbook_details
+from secauto.api.errors import ApiError, body_detail, playbook_details
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
 from secauto.api.spec import operation, respond, whole
@@ -179,6 +181,18 @@ async def get_cluster(request: web.Request) -> web.StreamResponse:
     )))
 
 
+async def store_jobs(request: web.Request, jobs: list[Job], delays_ms: list[int], timeout: float) -> None:  # noqa: ASYNC109
+    """Have the dispatcher store ``jobs``; returns once they are in Redis. Raises AskTimeoutError past
+    ``timeout`` seconds and ActorDeadError if the node is stopping (both 503), or the Redis error."""
+    try:
+        async with asyncio.timeout(timeout):  # one deadline for the hop to the dispatcher and the write
+            stored: asyncio.Future[None] = await request.app[SYSTEM].get("dispatcher").ask(
+                SubmitJobs(jobs, delays_ms), timeout=None)
+            await stored
+    except TimeoutError:
+        raise AskTimeoutError(f"the jobs were not stored within {timeout:g}s") from None
+
+
 @requires("operator")
 @operation("Submit a job", body=JobSubmission, ok=SubmitResponse, tag="jobs",
            description="Queue a playbook (inline, or by name from playbooks_dir) with its context. "
@@ -186,7 +200,7 @@ async def get_cluster(request: web.Request) -> web.StreamResponse:
 async def submit_job(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, JobSubmission)
     job = build_job(body, request)
-    await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs([job], [body.delay_ms()]), timeout=10.0)
+    await store_jobs(request, [job], [body.delay_ms()], timeout=10.0)
     return respond(request, SubmitResponse(job_id=job.id))
 
 
@@ -214,7 +228,7 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
                     detail.path = f"$.jobs[{index}].{detail.field}"
                 detail.field = f"jobs[{index}].{detail.field}"
             raise ApiError(exc.status, exc.code, f"jobs[{index}]: {exc.message}", exc.details) from None
-    await request.app[SYSTEM].get("dispatcher").ask(SubmitJobs(jobs, delays), timeout=30.0)
+    await store_jobs(request, jobs, delays, timeout=30.0)
     return respond(request, BatchSubmitResponse(job_ids=[job.id for job in jobs]))
 
 

@@ -36,7 +36,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].http_requests.labels(route=route, method=request.method, status=str(status)).inc()
+        request.app[METRICS].count_request(route, request.method, status)
 
 
 @web.middleware

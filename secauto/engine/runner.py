@@ -253,15 +253,17 @@ async def run_playbook(
     book = playbook if isinstance(playbook, Playbook) else validate_playbook(playbook, settings)
     ctx = own_context(context, settings)
     run = Run(settings, job_id, budget=_Budget(settings.max_executed_steps))
-    run.log.info("playbook started: {} steps", len(book.steps))
+    # Debug only: the job's lifecycle (started, ended with its error) is the executor's to log, one line
+    # per transition; these would double it.
+    run.log.debug("playbook started: {} steps", len(book.steps))
     t0 = time.monotonic()
     try:
         results = await run.run_steps(book.steps, ctx)
     except StepsFailed as exc:
-        run.log.warning("playbook failed after {:.0f} ms: {}", (time.monotonic() - t0) * 1000, exc.message)
+        run.log.debug("playbook failed after {:.0f} ms: {}", (time.monotonic() - t0) * 1000, exc.message)
         return PlaybookResult(success=False, results=exc.results, context=ctx, error=exc.message)
     except asyncio.CancelledError:
-        run.log.warning("playbook cancelled after {:.0f} ms", (time.monotonic() - t0) * 1000)
+        run.log.debug("playbook cancelled after {:.0f} ms", (time.monotonic() - t0) * 1000)
         raise
-    run.log.info("playbook completed in {:.0f} ms", (time.monotonic() - t0) * 1000)
+    run.log.debug("playbook completed in {:.0f} ms", (time.monotonic() - t0) * 1000)
     return PlaybookResult(success=True, results=results, context=ctx)

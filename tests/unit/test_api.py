@@ -124,6 +124,26 @@ async def test_cluster_view_shows_this_nodes_counters_as_they_are_now() -> None:
         assert records[0].last_seen <= first["last_seen"] < now["last_seen"]
 
 
+async def test_a_job_logs_one_info_line_per_lifecycle_transition(http: aiohttp.ClientSession) -> None:
+    """Submitted, started, ended: an operator follows a job in three lines (issue 9, point 4)."""
+    from loguru import logger
+
+    records: list[Any] = []
+    sink = logger.add(lambda message: records.append(message.record), level="INFO")
+    try:
+        async with http.post("/cluster/jobs", json={"playbook": [{"action": "set", "variables": {"a": 1}}]},
+                             headers=auth()) as response:
+            job_id = (await response.json())["job_id"]
+        assert (await wait_job(http, job_id))["status"] == "completed"
+        await asyncio.sleep(0.05)  # the end is logged right after the record is written
+    finally:
+        logger.remove(sink)
+    lines = [(r["extra"].get("component"), r["message"]) for r in records if r["extra"].get("job_id") == job_id]
+    assert [component for component, _ in lines] == ["dispatcher", "executor", "executor"], lines
+    assert lines[0][1] == "Job submitted to distributed queue"
+    assert lines[1][1] == "Job started (attempt 1)" and lines[2][1].startswith("Job completed in ")
+
+
 async def wait_status(http: aiohttp.ClientSession, job_id: str) -> str:
     async with http.get(f"/cluster/jobs/{job_id}", headers=auth()) as response:
         return (await response.json())["job"]["status"]  # type: ignore[no-any-return]

@@ -1,0 +1,123 @@
+"""SubmitWriter: concurrent submissions share script calls, failures reach every waiting request, and a
+stop leaves nobody waiting (issue 9, point 4). The store is a stand-in that records its calls; the real
+script is covered by the API and integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from actors.core import ActorDeadError
+from actors.submit_writer import MAX_JOBS_PER_CALL, SubmitWriter
+from secauto.metrics import NodeMetrics
+from secauto.models import Event, Job, new_job_id, utc_now
+
+
+class RecordingQueue:
+    """Stands in for JobQueue.submit: records each call; ``gate`` holds calls until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[int], int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.error: Exception | None = None
+
+    async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, delays_ms: Sequence[int] | None = None,
+                     durable_replicas: int = 0, durable_timeout_ms: int = 0) -> int:
+        assert [event.job_id for event in events] == [job.id for job in jobs]
+        self.calls.append(([job.id for job in jobs], list(delays_ms or []), durable_replicas))
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return len(jobs)
+
+
+def job() -> Job:
+    return Job(id=new_job_id(), max_retries=0, priority=0, submitted_at=utc_now(), submitted_to="n1")
+
+
+@pytest.fixture
+async def writer() -> AsyncIterator[tuple[SubmitWriter, RecordingQueue, asyncio.Task[None]]]:
+    queue = RecordingQueue()
+    metrics = NodeMetrics("n1")
+    submit_writer = SubmitWriter(queue, "n1", metrics, durable_replicas=2, durable_timeout_ms=500)  # type: ignore[arg-type]
+    task = asyncio.create_task(submit_writer.run())
+    yield submit_writer, queue, task
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_one_submission_is_one_call(writer: Any) -> None:
+    submit_writer, queue, _ = writer
+    first = job()
+    await submit_writer.add([first], [250])
+    assert queue.calls == [([first.id], [250], 2)]
+
+
+async def test_submissions_arriving_during_a_call_share_the_next_one(writer: Any) -> None:
+    submit_writer, queue, _ = writer
+    queue.gate.clear()
+    first = submit_writer.add([job()])
+    await asyncio.sleep(0)  # the first call is in flight
+    later = [submit_writer.add([job()], [index]) for index in range(15)]
+    queue.gate.set()
+    await asyncio.gather(first, *later)
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 15]
+    assert queue.calls[1][1] == list(range(15))  # each job keeps its own delay
+
+
+async def test_a_call_never_exceeds_the_cap_nor_splits_a_submission(writer: Any) -> None:
+    submit_writer, queue, _ = writer
+    queue.gate.clear()
+    first = submit_writer.add([job()])
+    await asyncio.sleep(0)
+    big = [submit_writer.add([job() for _ in range(400)]) for _ in range(3)]
+    queue.gate.set()
+    await asyncio.gather(first, *big)
+    sizes = [len(ids) for ids, _, _ in queue.calls]
+    assert sizes == [1, 800, 400] and max(sizes) <= MAX_JOBS_PER_CALL
+
+
+async def test_a_failed_call_fails_every_submission_in_it(writer: Any) -> None:
+    submit_writer, queue, _ = writer
+    queue.gate.clear()
+    first = submit_writer.add([job()])
+    await asyncio.sleep(0)
+    queue.error = RedisConnectionError("down")
+    waiting = [submit_writer.add([job()]) for _ in range(3)]
+    queue.gate.set()
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert all(isinstance(result, RedisConnectionError) for result in results)
+    queue.error = None
+    await submit_writer.add([job()])  # the writer goes on after a failure
+    assert len(queue.calls) == 3
+
+
+async def test_stopping_fails_what_is_not_stored(writer: Any) -> None:
+    submit_writer, queue, task = writer
+    queue.gate.clear()
+    in_flight = submit_writer.add([job()])
+    await asyncio.sleep(0)
+    queued = submit_writer.add([job()])
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    for future in (in_flight, queued):
+        with pytest.raises(ActorDeadError):
+            await future
+
+
+async def test_a_request_that_gave_up_does_not_break_the_others(writer: Any) -> None:
+    submit_writer, queue, _ = writer
+    queue.gate.clear()
+    first = submit_writer.add([job()])
+    await asyncio.sleep(0)
+    abandoned = submit_writer.add([job()])
+    kept = submit_writer.add([job()])
+    abandoned.cancel()  # its request timed out
+    queue.gate.set()
+    await asyncio.gather(first, kept)
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 2]  # already taken in: it is stored all the same
