@@ -57,6 +57,7 @@ from benchmarks.cluster import (
     NodeSet,
     cpu_count,
     cpu_model,
+    cpu_seconds,
     proc_status,
     remove_tree,
 )
@@ -575,6 +576,8 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
     names = ("bare", "node_submit", "node_submit_and_run")
     measured: dict[str, dict[int, list[tuple[float, list[float]]]]] = {
         name: {p: [] for p in SUBMIT_PARALLEL} for name in names}
+    # CPU seconds used per measurement: (server, redis-server, requests); steadier than rates on a busy machine
+    cpu_used: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
     submitted = 0
     out: dict[str, Any] = {
         "jobs_per_measurement": count, "rounds": rounds, "node_log_level": opts.submit_log_level,
@@ -599,10 +602,14 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
                 nonlocal submitted
                 client, options = targets[name]
                 ids: list[str] = []
+                server = bare.proc.pid if name == "bare" else nodes.pids[0]
+                cpu_before = cpu_seconds(server), cpu_seconds(redis.pid)
                 result = await submit_round(client, playbook, requests, parallel, ids, **options)
                 if name == "node_submit_and_run":
                     await wait_finished(redis, ids, nodes, opts.timeout, OwnTraffic())
-                elif name == "node_submit":  # the held-back jobs go: the next measurements start clean
+                cpu_used[name].append((cpu_seconds(server) - cpu_before[0], cpu_seconds(redis.pid) - cpu_before[1],
+                                       requests))
+                if name == "node_submit":  # the held-back jobs go: the next measurements start clean
                     await drop_held_jobs(redis, ids)
                 if name != "bare":
                     submitted += len(ids)
@@ -625,6 +632,11 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
             # jobs held back never ran: they logged their submission only
             out["node_log_lines"] = nodes.log_lines()
         await redis.flush()
+    for name, used in cpu_used.items():
+        requests = sum(count for _, _, count in used[1:])  # the first one is the warm-up
+        if requests:
+            out[name]["server_cpu_us_per_request"] = round(1e6 * sum(u[0] for u in used[1:]) / requests)
+            out[name]["redis_cpu_us_per_request"] = round(1e6 * sum(u[1] for u in used[1:]) / requests)
     for name, by_parallel in measured.items():
         for parallel, results in by_parallel.items():
             rates = sorted(result[0] for result in results)

@@ -173,6 +173,10 @@ def print_submit_probe(probe: dict[str, Any] | None) -> None:
             cells += [f"{_fmt(entry.get('rate'))}/s", f"{_fmt(latency.get('p50'), 1)}/{_fmt(latency.get('p99'), 1)}",
                       f"x{_fmt(ratio, 2)}" if ratio is not None else ""]
         _err(row.format(name, *cells))
+    cpu = ", ".join(f"{name} {_fmt(_g(probe, name, 'server_cpu_us_per_request'))} us (+ Redis "
+                    f"{_fmt(_g(probe, name, 'redis_cpu_us_per_request'))})"
+                    for name in ("bare", "node_submit", "node_submit_and_run"))
+    _err(f"  server CPU per request: {cpu}")
     _err("  node_submit: jobs held back (delay), so the node only takes them in; node_submit_and_run: it also "
          "claims and runs them")
 
