@@ -2,8 +2,10 @@
 
 Every line has ``timestamp`` (RFC 3339 UTC), ``level``, ``component`` and ``message``, plus
 ``job_id`` / ``node_id`` where they apply (bound with ``logger.bind``), any other bound fields, and
-``exception`` when one is logged (type and message only: no traceback, no local variables). Secrets are
-never passed to the logger in the first place; this module does not scrub them after the fact.
+``exception`` when one is logged (type and message only: no traceback, no local variables). API keys
+and passwords are never passed to the logger in the first place. Values of stored secrets are masked
+(``***``) in every record, whatever the sink, by the patcher of :mod:`secauto.redaction`, which
+:func:`configure_logging` installs (and the node, for nodes started without it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from loguru import logger
 
 from secauto.config import LoggingConfig
 from secauto.models import format_timestamp
+from secauto.redaction import install_log_redaction
 
 _encoder = msgspec.json.Encoder()
 _FIRST = ("timestamp", "level", "component", "message", "job_id", "node_id")
@@ -65,6 +68,7 @@ def configure_logging(config: LoggingConfig, **defaults: Any) -> None:
     """
     logger.remove()
     logger.configure(extra={"component": "secauto", **defaults})
+    install_log_redaction()
     level = config.level.upper()
     stream = {"stdout": sys.stdout, "stderr": sys.stderr}.get(config.destination)
     common: dict[str, Any] = {"level": level, "backtrace": False, "diagnose": False}
