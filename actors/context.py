@@ -9,6 +9,7 @@ from secauto.engine import EngineSettings
 from secauto.metrics import NodeMetrics
 from secauto.store.jobs import JobQueue
 from secauto.store.registry import NodeRegistry
+from secauto.vault import SecretVault
 
 
 class NodeContext(msgspec.Struct, kw_only=True):
@@ -21,6 +22,7 @@ class NodeContext(msgspec.Struct, kw_only=True):
     registry: NodeRegistry
     engine: EngineSettings
     metrics: NodeMetrics
+    vault: SecretVault | None = None  # the values of {{secrets.NAME}}; None: jobs cannot use secrets
 
     @property
     def capacity(self) -> int:

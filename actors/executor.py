@@ -9,6 +9,8 @@ job that moved on.
 
 How an attempt ends: success -> ``completed``; playbook error or timeout -> retried after an
 exponential backoff (preferring another node) while retries remain, else ``failed`` and dead-lettered.
+Secret values are masked (``***``) in the attempt's record (results, context, errors) before it is
+built into events or written, so neither Redis nor the event channel ever holds one.
 Attempt ends are written by one tracked task that sends everything pending in one pipelined
 round-trip, so a busy node writes many results per round-trip and an idle one writes each at once. If
 Redis is unreachable, the batch is retried with backoff until it lands; an attempt stopped meanwhile
@@ -37,7 +39,8 @@ from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError
 from actors.messages import ExecutorStats, GetStats, HandBack, JobsFinished, RunJobs, StopAttempts
 from secauto.engine import PlaybookInvalid, run_playbook
-from secauto.models import Attempt, Job, make_event, utc_now
+from secauto.models import Attempt, Job, json_encoder, make_event, utc_now
+from secauto.redaction import MASK, REDACTOR, Redactor
 from secauto.store.jobs import FinishOutcome, FinishRequest
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
@@ -46,6 +49,20 @@ _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 def retry_backoff_ms(retry_number: int, base_s: float, cap_s: float) -> int:
     """Backoff before retry ``retry_number`` (1-based): base * 2^(n-1), capped (jitter is the caller's)."""
     return int(min(cap_s, base_s * 2 ** (retry_number - 1)) * 1000)
+
+
+def redact_run(results: list[Any], context: dict[str, Any], error: str | None,
+               redactor: Redactor = REDACTOR) -> tuple[list[Any], dict[str, Any], str | None]:
+    """What a run produced, with secret values masked (the same objects when there is nothing to mask)."""
+    if not redactor.active:
+        return results, context, error
+    parts = {"results": results, "context": context, "error": error}
+    if not redactor.found_in_json(json_encoder.encode(parts)):
+        return results, context, error
+    clean = redactor.value(msgspec.to_builtins(parts))
+    if not isinstance(clean, dict):  # nested too deeply to walk: mask all of it
+        return [], {}, MASK
+    return clean["results"], clean["context"], clean["error"]
 
 
 class _Running(msgspec.Struct):
@@ -197,7 +214,8 @@ class ExecutorActor(Actor):
         context = job.context
         try:
             outcome = await asyncio.wait_for(
-                run_playbook(job.playbook, job.context, self.ctx.engine, job_id=job.id), timeout=seconds)
+                run_playbook(job.playbook, job.context, self.ctx.engine, job_id=job.id, secrets=self.ctx.vault),
+                timeout=seconds)
         except TimeoutError:
             error, reason = f"job timed out after {seconds:g}s", "timeout"
         except PlaybookInvalid as exc:
@@ -207,6 +225,7 @@ class ExecutorActor(Actor):
             error = outcome.error
             if not outcome.success:
                 reason = "playbook_error"
+        results, context, error = redact_run(results, context, error)
         now = utc_now()
         attempt = Attempt(attempt=job.attempt, node=self.ctx.node_id, started_at=job.started_at, ended_at=now,
                           outcome="completed" if reason is None else ("timeout" if reason == "timeout" else "failed"),

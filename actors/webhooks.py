@@ -11,6 +11,8 @@ The actor subscribes to the event channel only while at least one webhook exists
 ``config.yaml`` and from the API (stored in Redis, re-read every few seconds and at once after a change
 on this node). Deliveries run in an aiojobs scheduler (at most 32 at a time, 10,000 waiting; beyond
 that new deliveries are dropped with an error log). Secrets and URLs' query strings are never logged.
+Secret values known to this node are masked in the body (and so in the signature) before delivery;
+the claim uses the event as published, so every node claims the same delivery.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from actors.context import NodeContext
 from actors.core import Actor
 from secauto.models import Event, event_decoder
+from secauto.redaction import REDACTOR
 from secauto.store.events import RESUBSCRIBED, subscribe
 from secauto.store.webhooks import WebhookSpec, WebhookStore
 
@@ -143,6 +146,7 @@ class WebhookActor(Actor):
                              event.type, exc)
             return
         assert self._session is not None
+        payload = REDACTOR.json_bytes(payload)
         delivery = uuid.uuid4().hex
         log = self.log.bind(job_id=event.job_id, webhook=hook.id, delivery=delivery)
         metrics = self.ctx.metrics.webhook_deliveries

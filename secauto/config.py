@@ -102,6 +102,9 @@ class ApiKeyConfig(_Section):
 
 class SecurityConfig(_Section):
     api_keys: list[str | ApiKeyConfig] = []
+    # Encrypts the stored secrets (POST /secrets); at least 32 characters, the same on every node.
+    # Empty: this node cannot store or use secrets. $SECAUTO_SECRET_KEY overrides it.
+    secret_key: str = ""
 
 
 class EngineConfig(_Section):
@@ -299,6 +302,7 @@ _ENV_STR = {
     "SECAUTO_REDIS_PASSWORD": ("cluster", "redis_password"),
     "SECAUTO_NODE_ID": ("cluster", "node_id"),
     "SECAUTO_CLUSTER_NAME": ("cluster", "cluster_name"),
+    "SECAUTO_SECRET_KEY": ("security", "secret_key"),
 }
 
 
@@ -435,6 +439,13 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
         if unknown:
             raise ConfigError(f"webhooks[{index}].events: unknown event type {unknown[0]!r} "
                               f"(known: {', '.join(sorted(EVENT_TYPES))})")
+    secret_key = config.security.secret_key
+    if secret_key:
+        from secauto.secret_cipher import MIN_KEY_LENGTH
+
+        if len(secret_key) < MIN_KEY_LENGTH:
+            raise ConfigError(f"security.secret_key: needs at least {MIN_KEY_LENGTH} characters (use a random value, "
+                              "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     keys = _api_keys(config.security)
     generated = None
     if not keys:

@@ -2,7 +2,8 @@
 
 Start: open the store (Redis, or the embedded store when cluster mode is off), bind the HTTP socket
 (so the node record can name the real port), spawn the actors (executor, dispatcher, discovery,
-heartbeat, webhooks, reaper), then start serving HTTP.
+heartbeat, webhooks, secrets, reaper), then start serving HTTP. Log redaction of secret values is
+installed first (:mod:`secauto.redaction`).
 
 Graceful stop (SIGTERM/SIGINT): stop claiming, let running jobs finish within
 ``server.shutdown_grace``, stop HTTP, stop the actors in reverse start order (the reaper releases
@@ -27,6 +28,7 @@ from actors.executor import ExecutorActor
 from actors.heartbeat import HeartbeatActor
 from actors.messages import ExecutorStats, GetStats, HandBack, SetStatus, StopClaiming
 from actors.reaper import ReaperActor
+from actors.secrets import SecretsActor
 from actors.webhooks import WebhookActor
 from secauto.api.app import create_app
 from secauto.api.state import EventSource
@@ -34,13 +36,17 @@ from secauto.config import Settings
 from secauto.engine import EngineSettings
 from secauto.metrics import NodeMetrics
 from secauto.models import utc_now
+from secauto.redaction import install_log_redaction
+from secauto.secret_cipher import SecretCipher
 from secauto.store.connection import open_embedded, open_redis
 from secauto.store.jobs import DispatchPolicy, JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
+from secauto.store.secrets import SecretStore
 from secauto.store.sessions import LoginThrottle, SessionStore
 from secauto.store.webhooks import WebhookSpec, WebhookStore
 from secauto.ui.app import create_ui_app, mount_ui
+from secauto.vault import SecretVault
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -113,14 +119,17 @@ class Node:
 
     async def _start(self, settings: Settings, cluster_name: str) -> None:
         server = settings.config.server
+        install_log_redaction()
         self._socket = socket.create_server((server.host, server.port), reuse_port=False)
         self.port = self._socket.getsockname()[1]
         keys = Keys(cluster_name)
         engine = engine_settings(settings)
         queue = JobQueue(self.redis, keys, retention_policy(settings), dispatch_policy(settings))
+        secret_key = settings.config.security.secret_key
+        vault = SecretVault(SecretStore(self.redis, keys), SecretCipher(secret_key) if secret_key else None)
         ctx = NodeContext(settings=settings, node_id=settings.node_id, host=_advertised_host(server.host),
                           port=self.port, started_at=utc_now(), queue=queue, registry=NodeRegistry(self.redis, keys),
-                          engine=engine, metrics=self.metrics)
+                          engine=engine, metrics=self.metrics, vault=vault)
         await self.system.spawn(ExecutorActor(ctx), name="executor")
         await self.system.spawn(DispatcherActor(ctx), name="dispatcher")
         await self.system.spawn(DiscoveryActor(ctx), name="discovery")
@@ -130,9 +139,10 @@ class Node:
                                   timeout=hook.timeout, retries=hook.retries, source="config")
                       for index, hook in enumerate(settings.config.webhooks)]
         await self.system.spawn(WebhookActor(ctx, webhook_store, configured), name="webhooks")
+        await self.system.spawn(SecretsActor(vault, settings.node_id), name="secrets")
         await self.system.spawn(ReaperActor(ctx), name="reaper")
         events = EventSource(self.redis, keys.channel)
-        app = create_app(settings, self.system, engine, self.metrics, events, webhook_store,
+        app = create_app(settings, self.system, engine, self.metrics, events, webhook_store, vault,
                          cluster_mode=self.cluster_mode)
         ui = settings.config.ui
         if ui.enabled:

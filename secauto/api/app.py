@@ -12,7 +12,7 @@ import asyncio
 from aiohttp import web
 
 from actors.core import ActorSystem
-from secauto.api.middlewares import auth_middleware, error_middleware, metrics_middleware
+from secauto.api.middlewares import auth_middleware, error_middleware, metrics_middleware, redaction_middleware
 from secauto.api.roles import declared_role
 from secauto.api.routes import route_table
 from secauto.api.spec import declared_operation
@@ -24,6 +24,7 @@ from secauto.api.state import (
     SETTINGS,
     SYNC_SLOTS,
     SYSTEM,
+    VAULT,
     WEBHOOKS,
     EventSource,
 )
@@ -31,12 +32,14 @@ from secauto.config import Settings
 from secauto.engine import EngineSettings
 from secauto.metrics import NodeMetrics
 from secauto.store.webhooks import WebhookStore
+from secauto.vault import SecretVault
 
 
 def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, metrics: NodeMetrics,
-               events: EventSource, webhook_store: WebhookStore, *, cluster_mode: bool) -> web.Application:
+               events: EventSource, webhook_store: WebhookStore, vault: SecretVault, *,
+               cluster_mode: bool) -> web.Application:
     """Build the application. Raises RuntimeError if a route has no declared role or operation."""
-    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware],
+    app = web.Application(middlewares=[metrics_middleware, redaction_middleware, error_middleware, auth_middleware],
                           client_max_size=settings.config.server.max_body_bytes)
     app[SETTINGS] = settings
     app[SYSTEM] = system
@@ -45,6 +48,7 @@ def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, 
     app[METRICS] = metrics
     app[EVENTS] = events
     app[WEBHOOKS] = webhook_store
+    app[VAULT] = vault
     app[SYNC_SLOTS] = asyncio.Semaphore(settings.config.cluster.max_concurrent_jobs)
     for method, path, handler in route_table():
         if declared_role(handler) is None:

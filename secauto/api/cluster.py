@@ -16,9 +16,11 @@ from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
 from secauto.api.errors import ApiError, body_detail, playbook_details
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
+from secauto.api.secret_refs import require_secrets
 from secauto.api.spec import operation, respond, whole
 from secauto.api.state import ENGINE, IDENTITY, SETTINGS, SYSTEM
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
+from secauto.engine.model import SecretRef
 from secauto.models import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -119,6 +121,13 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
     )
 
 
+def secret_refs_of(body: JobSubmission, job: Job, request: web.Request) -> tuple[SecretRef, ...]:
+    """The secrets a submitted job references (validation is cached: this does not validate again),
+    with JSON paths into the submitted playbook."""
+    return validate_playbook(body.playbook if body.playbook is not None else job.playbook,
+                             request.app[ENGINE]).secret_refs
+
+
 class ClusterInfo(msgspec.Struct, kw_only=True):
     cluster_name: str
     node_id: str  # the node that answered
@@ -200,6 +209,7 @@ async def store_jobs(request: web.Request, jobs: list[Job], delays_ms: list[int]
 async def submit_job(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, JobSubmission)
     job = build_job(body, request)
+    await require_secrets(request, [secret_refs_of(body, job, request)])
     await store_jobs(request, [job], [body.delay_ms()], timeout=10.0)
     return respond(request, SubmitResponse(job_id=job.id))
 
@@ -228,6 +238,8 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
                     detail.path = f"$.jobs[{index}].{detail.field}"
                 detail.field = f"jobs[{index}].{detail.field}"
             raise ApiError(exc.status, exc.code, f"jobs[{index}]: {exc.message}", exc.details) from None
+    refs = [secret_refs_of(item, job, request) for item, job in zip(body.jobs, jobs, strict=True)]
+    await require_secrets(request, refs, [f"jobs[{index}].playbook" for index in range(len(jobs))])
     await store_jobs(request, jobs, delays, timeout=30.0)
     return respond(request, BatchSubmitResponse(job_ids=[job.id for job in jobs]))
 

@@ -6,6 +6,8 @@ Cancellation (the node stopping) ends the stream and propagates. The subscriptio
 reconnects (the stream stays open; a comment line marks the gap, since
 events published meanwhile are lost, as with any pub/sub subscriber); a comment every 15 s keeps
 proxies from closing an idle stream. The stream ends when the client disconnects or the node stops.
+Secret values known to this node are masked in every event sent (events are masked where they are
+published already; this is the last boundary).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from secauto.api.roles import requires
 from secauto.api.spec import REF_TEMPLATE, operation, whole
 from secauto.api.state import EVENTS
 from secauto.models import Event, event_decoder
+from secauto.redaction import REDACTOR
 from secauto.store.events import RESUBSCRIBED, subscribe
 
 KEEPALIVE_S = 15.0
@@ -98,7 +101,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             if wanted(event, query):
                 sequence += 1
                 await response.write(b"event: " + event.type.encode() + b"\nid: " + str(sequence).encode()
-                                     + b"\ndata: " + payload + b"\n\n")
+                                     + b"\ndata: " + REDACTOR.json_bytes(payload) + b"\n\n")
         if not reader.cancelled() and reader.exception() is not None:  # it never ends by itself
             logger.bind(component="api").opt(exception=reader.exception()).error("event stream subscription failed")
     except ConnectionResetError:

@@ -70,5 +70,9 @@ def validation_detail(exc: msgspec.ValidationError) -> ErrorDetail:
         name = message.split("`")[1]
         path = f"{path}.{name}"
         message = "unknown field"
+    elif message.startswith("Object missing required field"):
+        name = message.split("`")[1]
+        path = f"{path}.{name}"
+        message = "required field missing"
     field = path.removeprefix("$").lstrip(".") or "$"
     return ErrorDetail(field=field, message=message, path=path)

@@ -1,6 +1,7 @@
-"""The middlewares every request passes, outermost first: metrics, errors, auth.
+"""The middlewares every request passes, outermost first: metrics, redaction, errors, auth.
 
 * :func:`metrics_middleware` counts requests by route template, method and status.
+* :func:`redaction_middleware` masks secret values (``***``) in every JSON answer, errors included.
 * :func:`error_middleware` turns every failure into the JSON error body of the README ("HTTP API"): an
   ApiError as it is, aiohttp's own HTTP errors with our codes, Redis outages and busy or stopping
   actors as 503 with Retry-After, anything else as a logged 500 without a traceback in the answer.
@@ -20,6 +21,7 @@ from secauto.api.errors import HTTP_CODES, RETRY_AFTER_S, ApiError, error_respon
 from secauto.api.roles import METRICS_ROLE, PUBLIC, declared_role
 from secauto.api.spec import Handler
 from secauto.api.state import IDENTITY, METRICS, SETTINGS
+from secauto.redaction import REDACTOR
 
 
 @web.middleware
@@ -37,6 +39,20 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         request.app[METRICS].count_request(route, request.method, status)
+
+
+@web.middleware
+async def redaction_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Mask every secret value known to this process in JSON answers (stored records are masked
+    already; this also covers answers built on the fly: POST /playbook, error messages quoting input).
+    Streams (SSE) mask their events themselves."""
+    response = await handler(request)
+    if (REDACTOR.active and isinstance(response, web.Response) and isinstance(response.body, bytes)
+            and response.content_type == "application/json"):
+        masked = REDACTOR.json_bytes(response.body)
+        if masked is not response.body:
+            response.body = masked
+    return response
 
 
 @web.middleware

@@ -16,8 +16,9 @@ from aiohttp import web
 from secauto.api.errors import ApiError, ErrorDetail, body_detail, playbook_details
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
+from secauto.api.secret_refs import require_secrets, unknown_secret_details
 from secauto.api.spec import operation, respond
-from secauto.api.state import ENGINE, SETTINGS, SYNC_SLOTS
+from secauto.api.state import ENGINE, SETTINGS, SYNC_SLOTS, VAULT
 from secauto.engine import (
     PlaybookInvalid,
     StepResult,
@@ -86,6 +87,7 @@ async def run_sync(request: web.Request) -> web.StreamResponse:
         playbook = validate_playbook(_load(body, request), engine)
     except PlaybookInvalid as exc:
         raise ApiError(400, "validation_error", f"invalid playbook: {exc}", _problems(exc, body)) from None
+    await require_secrets(request, [playbook.secret_refs])
     slots = request.app[SYNC_SLOTS]
     if slots.locked():
         raise ApiError(429, "too_many_requests", "too many synchronous playbook runs on this node; retry, or "
@@ -94,7 +96,8 @@ async def run_sync(request: web.Request) -> web.StreamResponse:
     timeout = request.app[SETTINGS].config.cluster.job_timeout
     async with slots:
         try:
-            result = await asyncio.wait_for(run_playbook(playbook, body.context, engine), timeout=timeout)
+            result = await asyncio.wait_for(run_playbook(playbook, body.context, engine, secrets=request.app[VAULT]),
+                                            timeout=timeout)
         except TimeoutError:
             raise ApiError(504, "timeout", f"the playbook did not finish within {timeout:g}s") from None
         except PlaybookInvalid as exc:  # the context itself (size, type) is checked at run time
@@ -114,6 +117,9 @@ async def validate(request: web.Request) -> web.StreamResponse:
         playbook = validate_playbook(_load(body, request), request.app[ENGINE])
     except PlaybookInvalid as exc:
         return respond(request, ValidateResponse(valid=False, problems=_problems(exc, body)))
+    unknown = await unknown_secret_details(request, [playbook.secret_refs], ["playbook"])
+    if unknown:
+        return respond(request, ValidateResponse(valid=False, problems=unknown))
     return respond(request, ValidateResponse(valid=True, problems=[], steps=playbook.step_count))
 
 

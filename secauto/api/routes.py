@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from secauto.api import cluster, dlq, events, health, jobs, metrics, openapi, playbooks, webhooks
+from secauto.api import cluster, dlq, events, health, jobs, metrics, openapi, playbooks, secrets, webhooks
 
-ROUTE_MODULES = (health, cluster, jobs, dlq, playbooks, events, webhooks, metrics, openapi)
+ROUTE_MODULES = (health, cluster, jobs, dlq, playbooks, events, webhooks, secrets, metrics, openapi)
 RouteEntry = tuple[str, str, Any]
 
 

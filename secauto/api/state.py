@@ -18,6 +18,7 @@ from secauto.config import ApiKey, Settings
 from secauto.engine import EngineSettings
 from secauto.metrics import NodeMetrics
 from secauto.store.webhooks import WebhookStore
+from secauto.vault import SecretVault
 
 
 class EventSource(msgspec.Struct, frozen=True):
@@ -34,6 +35,7 @@ ENGINE = web.AppKey("engine", EngineSettings)
 METRICS = web.AppKey("metrics", NodeMetrics)
 EVENTS = web.AppKey("events", EventSource)
 WEBHOOKS = web.AppKey("webhook_store", WebhookStore)
+VAULT = web.AppKey("vault", SecretVault)
 # Synchronous playbook runs (POST /playbook) in progress on this node: at most max_concurrent_jobs.
 SYNC_SLOTS = web.AppKey("sync_slots", asyncio.Semaphore)
 

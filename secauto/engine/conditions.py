@@ -31,7 +31,8 @@ import msgspec
 from secauto.engine import safe_regex
 from secauto.engine.errors import Problem, StepError, child_path
 from secauto.engine.lookup import MissingVariable, lookup, path_problem
-from secauto.engine.templates import is_templated, render_string, template_problems
+from secauto.engine.secrets import WHERE_ALLOWED, is_secret_path
+from secauto.engine.templates import is_templated, render_string, secret_refs, template_problems
 
 OPERATORS: dict[str, str] = {
     "==": "==", "eq": "==",
@@ -115,6 +116,7 @@ def _parse(raw: Any, path: str, depth: int, problems: list[Problem], *, operand:
     if isinstance(raw, str):
         if is_templated(raw):
             problems.extend(template_problems(raw, path))
+            problems.extend(Problem(where, WHERE_ALLOWED) for _, where in secret_refs(raw, path))
             return Tmpl(raw)
         return Lit(raw)
     if isinstance(raw, list):
@@ -200,7 +202,7 @@ def _parse_var(raw: dict[str, Any], path: str, problems: list[Problem]) -> Expr:
     if not isinstance(target, str):
         problems.append(Problem(child_path(path, "var"), "'var' must be a string path"))
         return Lit(None)
-    problem = path_problem(target)
+    problem = path_problem(target) or (WHERE_ALLOWED if is_secret_path(target) else None)
     if problem:
         problems.append(Problem(child_path(path, "var"), problem))
         return Lit(None)

@@ -38,6 +38,13 @@ class StepOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 OPTION_KEYS = frozenset({"name", "when", "timeout", "retry", "on_error", "output", "strict_templates"})
 
 
+class SecretRef(msgspec.Struct, frozen=True):
+    """A ``{{secrets.NAME}}`` in a playbook: the secret's name and the JSON path of the value using it."""
+
+    name: str
+    path: str
+
+
 class Step(msgspec.Struct, frozen=True, kw_only=True):
     """One validated step."""
 
@@ -49,6 +56,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     when: Expr | None = None
     conditions: dict[str, Expr] = {}  # e.g. the `if` action's "condition"
     children: dict[str, tuple[Step, ...]] = {}  # e.g. "then"/"else", "steps"
+    secrets: tuple[str, ...] = ()  # the secrets its own fields reference, revealed when it runs
 
 
 class Playbook(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,3 +66,6 @@ class Playbook(msgspec.Struct, frozen=True, kw_only=True):
     step_count: int
     name: str | None = None
     description: str | None = None
+    # Every secret referenced by the document's steps (nested ones included; not by playbooks that
+    # `play` loads at run time): the API checks that they exist before accepting a job.
+    secret_refs: tuple[SecretRef, ...] = ()

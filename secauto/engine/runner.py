@@ -36,6 +36,7 @@ from secauto.engine.errors import PlaybookInvalid, StepError, split_validation_e
 from secauto.engine.loader import load_playbook_file, resolve_named_playbook
 from secauto.engine.model import Playbook, Step
 from secauto.engine.results import PlaybookResult, StepResult, utc_now
+from secauto.engine.secrets import NoSecrets, SecretSource, SecretUnavailable
 from secauto.engine.settings import EngineSettings
 from secauto.engine.templates import render
 from secauto.engine.validation import validate_playbook
@@ -69,6 +70,23 @@ class _Budget:
             raise StepError(f"more than {self.limit} steps executed in one run (a runaway loop?)", fatal=True)
 
 
+class _Secrets:
+    """The secrets of one run_playbook call (``play`` included): each is revealed once per run."""
+
+    def __init__(self, source: SecretSource) -> None:
+        self.source = source
+        self.values: dict[str, str] = {}
+
+    async def reveal(self, names: Sequence[str]) -> dict[str, str]:
+        missing = [name for name in names if name not in self.values]
+        if missing:
+            self.values.update(await self.source.reveal(missing))
+        try:
+            return {name: self.values[name] for name in names}
+        except KeyError as exc:
+            raise SecretUnavailable(f"secret {exc.args[0]!r} was not revealed") from None
+
+
 def context_size(context: dict[str, Any]) -> int:
     return len(msgspec.json.encode(context))
 
@@ -82,12 +100,14 @@ class Run:
         job_id: str | None,
         *,
         budget: _Budget,
+        secrets: _Secrets,
         play_stack: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
         self.job_id = job_id
         self.log: Logger = logger.bind(component="engine", job_id=job_id)
         self.budget = budget
+        self.secrets = secrets
         self.play_stack = play_stack
 
     # ------------------------------------------------------------ Runtime protocol
@@ -114,7 +134,8 @@ class Run:
             playbook = validate_playbook(load_playbook_file(path), self.settings)
         except PlaybookInvalid as exc:
             raise StepError(f"playbook {name!r}: {exc}") from None
-        child = Run(self.settings, self.job_id, budget=self.budget, play_stack=(*self.play_stack, name))
+        child = Run(self.settings, self.job_id, budget=self.budget, secrets=self.secrets,
+                    play_stack=(*self.play_stack, name))
         self.log.debug("playing {}", name)
         return await child.run_steps(playbook.steps, context)
 
@@ -196,7 +217,9 @@ class Run:
         spec = get_action(step.action)
         if spec is None:  # validated steps always name a registered action
             raise StepError(f"unknown action {step.action!r}", fatal=True)
-        rendered = render(step.fields, context, strict=step.options.strict_templates)
+        # Secret values exist only in the rendered fields handed to the action (never in the context).
+        values = await self.secrets.reveal(step.secrets) if step.secrets else None
+        rendered = render(step.fields, context, strict=step.options.strict_templates, secrets=values)
         for key, check in spec.field_checks.items():
             problem = check(rendered[key]) if key in rendered else None
             if problem:
@@ -243,8 +266,12 @@ async def run_playbook(
     settings: EngineSettings,
     *,
     job_id: str | None = None,
+    secrets: SecretSource | None = None,
 ) -> PlaybookResult:
     """Validate and run ``playbook`` on a private copy of ``context``.
+
+    ``secrets`` gives the values of ``{{secrets.NAME}}`` (the node's vault); without it a step that
+    references a secret fails saying that secrets need a node.
 
     Raises :class:`PlaybookInvalid` (before running anything) for an invalid playbook or context.
     Step failures do not raise: they give ``success=False`` and ``error``. ``CancelledError``
@@ -252,7 +279,8 @@ async def run_playbook(
     """
     book = playbook if isinstance(playbook, Playbook) else validate_playbook(playbook, settings)
     ctx = own_context(context, settings)
-    run = Run(settings, job_id, budget=_Budget(settings.max_executed_steps))
+    run = Run(settings, job_id, budget=_Budget(settings.max_executed_steps),
+              secrets=_Secrets(secrets if secrets is not None else NoSecrets()))
     # Debug only: the job's lifecycle (started, ended with its error) is the executor's to log, one line
     # per transition; these would double it.
     run.log.debug("playbook started: {} steps", len(book.steps))

@@ -13,7 +13,9 @@
   ``settings.max_output_bytes`` (a script that floods is killed and the step fails).
 
 Every failure is a :class:`~secauto.engine.errors.StepError` whose message carries the reason and the
-tail of the script's stderr. Cancellation kills the script's process group and propagates.
+tail of the script's stderr. Secret values are masked in the stderr and stdout quoted there *before*
+they are cut to length, so a cut never leaves part of a secret showing. Cancellation kills the
+script's process group and propagates.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import msgspec
 from secauto.engine.errors import StepError, short
 from secauto.engine.process import ProcessFailure, run_process
 from secauto.engine.settings import EngineSettings
+from secauto.redaction import REDACTOR
 
 SCRIPT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(\.py)?\Z")
 ENV_ALLOWLIST = ("PATH", "LANG", "HOME", "TMPDIR")
@@ -71,7 +74,15 @@ def script_environment(settings: EngineSettings) -> dict[str, str]:
 
 
 def _tail(data: bytes) -> str:
-    return data[-STDERR_TAIL:].decode(errors="replace").strip()
+    if not REDACTOR.active:
+        return data[-STDERR_TAIL:].decode(errors="replace").strip()
+    return REDACTOR.text(data.decode(errors="replace"))[-STDERR_TAIL:].strip()
+
+
+def _head(data: bytes) -> str:
+    if not REDACTOR.active:
+        return data[:STDOUT_QUOTE].decode(errors="replace")
+    return REDACTOR.text(data.decode(errors="replace"))[:STDOUT_QUOTE]
 
 
 def _with_stderr(message: str, stderr: bytes) -> str:
@@ -118,11 +129,11 @@ async def run_script(
     try:
         result = msgspec.json.decode(outcome.stdout)
     except msgspec.DecodeError:
-        quoted = outcome.stdout[:STDOUT_QUOTE].decode(errors="replace")
+        quoted = _head(outcome.stdout)
         raise StepError(
             _with_stderr(f"script {name!r} did not print a JSON object; stdout starts with {quoted!r}", outcome.stderr)
         ) from None
     if not isinstance(result, dict):
-        quoted = outcome.stdout[:STDOUT_QUOTE].decode(errors="replace")
+        quoted = _head(outcome.stdout)
         raise StepError(f"script {name!r} printed JSON that is not an object: {quoted!r}")
     return result

@@ -15,6 +15,9 @@ Rules:
 * Paths follow :mod:`secauto.engine.lookup` (``hosts.0.ip``). There are no expressions, filters or
   code of any kind, and rendered values are never rendered again (data from the context or from a
   script cannot inject templates).
+* Paths rooted at ``secrets`` (``{{secrets.NAME}}``) never read the context: they take the value of
+  a stored secret from the ``secrets`` mapping the runner passes for the step (see
+  :mod:`secauto.engine.secrets`); without one they are a step error.
 
 Dict keys are not templated, only values (recursively through lists and objects).
 """
@@ -29,6 +32,7 @@ import msgspec
 
 from secauto.engine.errors import Problem, StepError, child_path
 from secauto.engine.lookup import MissingVariable, lookup, path_problem
+from secauto.engine.secrets import WHERE_ALLOWED, is_secret_path, secret_name
 
 TEMPLATE_RE = re.compile(r"\{\{([^{}]*)\}\}")
 MAX_VALUE_DEPTH = 64
@@ -49,6 +53,13 @@ def parse_ref(inner: str) -> TemplateRef:
     problem = path_problem(path)
     if problem:
         raise ValueError(f"template {{{{{inner}}}}}: {problem}")
+    if is_secret_path(path):
+        try:
+            secret_name(path)
+        except ValueError as exc:
+            raise ValueError(f"template {{{{{inner}}}}}: {exc}") from None
+        if bar:
+            raise ValueError(f"template {{{{{inner}}}}}: a secret reference takes no default")
     if not bar:
         return TemplateRef(path)
     default_text = default_text.strip()
@@ -87,6 +98,29 @@ def template_problems(value: Any, path: str, depth: int = 0) -> list[Problem]:
     return problems
 
 
+def secret_refs(value: Any, path: str, depth: int = 0) -> list[tuple[str, str]]:
+    """Every well-formed ``{{secrets.NAME}}`` in ``value`` (recursively) as ``(name, JSON path)``."""
+    if depth > MAX_VALUE_DEPTH:
+        return []
+    found: list[tuple[str, str]] = []
+    if isinstance(value, str):
+        for match in TEMPLATE_RE.finditer(value):
+            try:
+                ref = parse_ref(match.group(1))
+            except ValueError:
+                continue  # template_problems reports it
+            if is_secret_path(ref.path):
+                found.append((secret_name(ref.path), path))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found.extend(secret_refs(item, child_path(path, i), depth + 1))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                found.extend(secret_refs(item, child_path(path, key), depth + 1))
+    return found
+
+
 def to_text(value: Any) -> str:
     """A value as it appears inside text: strings verbatim, everything else as compact JSON."""
     if isinstance(value, str):
@@ -97,7 +131,14 @@ def to_text(value: Any) -> str:
         return str(value)
 
 
-def _resolve(ref: TemplateRef, context: Mapping[str, Any]) -> Any:
+def _resolve(ref: TemplateRef, context: Mapping[str, Any], secrets: Mapping[str, str] | None) -> Any:
+    if is_secret_path(ref.path):
+        if secrets is None:
+            raise StepError(WHERE_ALLOWED)
+        name = secret_name(ref.path)
+        if name not in secrets:  # the runner reveals every secret a step names before rendering it
+            raise StepError(f"secret {name!r} was not revealed for this step")
+        return secrets[name]
     try:
         return lookup(context, ref.path)
     except MissingVariable:
@@ -106,13 +147,15 @@ def _resolve(ref: TemplateRef, context: Mapping[str, Any]) -> Any:
         raise
 
 
-def render_string(text: str, context: Mapping[str, Any], *, strict: bool = True) -> Any:
-    """Render one string; raises :class:`StepError` for an unknown path when ``strict``."""
+def render_string(text: str, context: Mapping[str, Any], *, strict: bool = True,
+                  secrets: Mapping[str, str] | None = None) -> Any:
+    """Render one string; raises :class:`StepError` for an unknown path when ``strict``, and for a
+    secret reference that ``secrets`` (the values revealed for the step) does not hold."""
     whole = TEMPLATE_RE.fullmatch(text)
     if whole is not None:
         ref = _parse_or_fail(whole.group(1))
         try:
-            return _resolve(ref, context)
+            return _resolve(ref, context, secrets)
         except MissingVariable:
             if strict:
                 raise
@@ -121,7 +164,7 @@ def render_string(text: str, context: Mapping[str, Any], *, strict: bool = True)
     def replace(match: re.Match[str]) -> str:
         ref = _parse_or_fail(match.group(1))
         try:
-            return to_text(_resolve(ref, context))
+            return to_text(_resolve(ref, context, secrets))
         except MissingVariable:
             if strict:
                 raise
@@ -130,14 +173,16 @@ def render_string(text: str, context: Mapping[str, Any], *, strict: bool = True)
     return TEMPLATE_RE.sub(replace, text)
 
 
-def render(value: Any, context: Mapping[str, Any], *, strict: bool = True) -> Any:
-    """Render every string inside ``value`` (lists and object values, recursively); returns a copy."""
+def render(value: Any, context: Mapping[str, Any], *, strict: bool = True,
+           secrets: Mapping[str, str] | None = None) -> Any:
+    """Render every string inside ``value`` (lists and object values, recursively); returns a copy.
+    ``secrets`` holds the values of the secrets the step references (see :func:`render_string`)."""
     if isinstance(value, str):
-        return render_string(value, context, strict=strict) if "{{" in value else value
+        return render_string(value, context, strict=strict, secrets=secrets) if "{{" in value else value
     if isinstance(value, list):
-        return [render(item, context, strict=strict) for item in value]
+        return [render(item, context, strict=strict, secrets=secrets) for item in value]
     if isinstance(value, dict):
-        return {key: render(item, context, strict=strict) for key, item in value.items()}
+        return {key: render(item, context, strict=strict, secrets=secrets) for key, item in value.items()}
     return value
 
 

@@ -28,9 +28,10 @@ import msgspec
 from secauto.engine.actions import ActionSpec, get_action, registry
 from secauto.engine.conditions import AllOf, AnyOf, ConditionInvalid, Expr, parse_condition
 from secauto.engine.errors import PlaybookInvalid, Problem, child_path, short
-from secauto.engine.model import OPTION_KEYS, Playbook, Step, StepOptions
+from secauto.engine.model import OPTION_KEYS, Playbook, SecretRef, Step, StepOptions
+from secauto.engine.secrets import WHERE_ALLOWED
 from secauto.engine.settings import EngineSettings
-from secauto.engine.templates import is_templated, template_problems
+from secauto.engine.templates import is_templated, secret_refs, template_problems
 from secauto.engine.type_problems import type_problem
 
 CLASSIC_KEYS = ("run", "play", "if", "var")
@@ -59,6 +60,7 @@ class _Validator:
         self.problems: list[Problem] = []
         self.count = 0
         self.too_many = False
+        self.secret_refs: list[SecretRef] = []
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -92,6 +94,7 @@ class _Validator:
         return Playbook(
             steps=steps,
             step_count=self.count,
+            secret_refs=tuple(self.secret_refs),
             name=name if isinstance(name, str) else None,
             description=description if isinstance(description, str) else None,
         )
@@ -133,7 +136,7 @@ class _Validator:
         when: Expr | None = None
         if shaped.when is not msgspec.UNSET:
             when = self.condition(shaped.when, child_path(path, "when"))
-        self.fields(spec, shaped, path)
+        secrets = self.fields(spec, shaped, path)
         children: dict[str, tuple[Step, ...]] = {}
         for key, items in shaped.children.items():
             if depth + 1 > self.limits.max_depth:
@@ -151,6 +154,7 @@ class _Validator:
             when=when,
             conditions=shaped.conditions,
             children=children,
+            secrets=tuple(dict.fromkeys(secrets)),
         )
 
     def shape(self, raw: dict[str, Any], path: str) -> _Raw | None:
@@ -323,8 +327,10 @@ class _Validator:
                 self.add(problem.path, problem.message + choices)
         return None if wrong else msgspec.convert(raw, StepOptions)
 
-    def fields(self, spec: ActionSpec[Any], shaped: _Raw, path: str) -> None:
+    def fields(self, spec: ActionSpec[Any], shaped: _Raw, path: str) -> list[str]:
+        """Check the step's fields; returns the names of the secrets they reference."""
         infos = _field_infos(spec.fields)  # type: ignore[arg-type]
+        secrets: list[str] = []
         for key, value in shaped.fields.items():
             key_path = shaped.field_paths.get(key, child_path(path, key))
             info = infos.get(key)
@@ -336,6 +342,12 @@ class _Validator:
                 continue
             found = template_problems(value, key_path)
             self.problems.extend(found)
+            for name, where in secret_refs(value, key_path):
+                if key in spec.secret_fields:
+                    secrets.append(name)
+                    self.secret_refs.append(SecretRef(name, where))
+                else:
+                    self.add(where, WHERE_ALLOWED)
             if found or _has_template(value):
                 continue  # typed after rendering, at run time
             try:
@@ -352,6 +364,7 @@ class _Validator:
         for key, info in infos.items():
             if info.required and key not in shaped.fields:
                 self.add(child_path(path, key), f"missing: action {spec.name!r} needs {key!r}")
+        return secrets
 
 
 def _default_name(spec: ActionSpec[Any], fields: dict[str, Any]) -> str:

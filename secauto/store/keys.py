@@ -34,6 +34,7 @@ class Keys:
         "recent",
         "round_robin",
         "running",
+        "secrets",
         "sequence",
         "session_prefix",
         "tag_running",
@@ -81,6 +82,9 @@ class Keys:
         # HASH webhook id -> JSON (webhooks added through the API; config ones live in config.yaml).
         # Bounded by what admins add.
         self.webhooks = f"{PREFIX}:webhooks:{cluster}"
+        # HASH secret name -> sealed value (JSON: AES-GCM ciphertext, nonce, key id, updated_at); see
+        # secauto/secret_cipher.py. Bounded: at most store/secrets.py MAX_SECRETS names (secret_put.lua).
+        self.secrets = f"{PREFIX}:secrets:{cluster}"
         # STRING per (webhook, event): the node delivering it, SET NX, TTL 1 h (one delivery per event).
         self.webhook_claim_prefix = f"{PREFIX}:webhook-claim:{cluster}:"
         # STRING counter giving FIFO order inside a priority. One integer.

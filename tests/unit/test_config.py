@@ -76,6 +76,11 @@ def test_env_overrides(tmp_path: Path) -> None:
     assert settings.generated_api_key is None
 
 
+def test_secret_key_from_env() -> None:
+    settings = load_settings(None, env={"SECAUTO_SECRET_KEY": "k" * 32})
+    assert settings.config.security.secret_key == "k" * 32
+
+
 def test_cli_overrides_beat_env() -> None:
     settings = load_settings(None, env={"SECAUTO_PORT": "9001"}, overrides=CliOverrides(port=9002, node_id="x"))
     assert settings.config.server.port == 9002 and settings.node_id == "x"
@@ -122,6 +127,7 @@ def test_bad_redis_url_names_the_key(raw: str) -> None:
     ("- a\n", "the top level must be a mapping"),
     ("cluster: [\n", "not valid YAML at line"),
     ("cluster:\n  node_id: 'bad id!'\n", "cluster.node_id: 'bad id!' must match"),
+    ("security:\n  secret_key: too-short\n", "security.secret_key: needs at least 32 characters"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as error:

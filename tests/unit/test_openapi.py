@@ -164,7 +164,8 @@ class Recorder:
 
 @pytest.fixture
 async def recorder() -> AsyncIterator[Recorder]:
-    settings = node_settings("solo", server={"max_body_bytes": 8192}, cluster={"max_concurrent_jobs": 1})
+    settings = node_settings("solo", server={"max_body_bytes": 8192}, cluster={"max_concurrent_jobs": 1},
+                             security={"secret_key": "openapi-test-secret-key-0123456789abcdef"})
     async with running_node(settings) as node, aiohttp.ClientSession(base_url=node.url) as http:
         yield Recorder(node, http)
 
@@ -239,6 +240,20 @@ async def test_real_responses_match_the_document_and_the_declared_types(recorder
     await call("DELETE", "/webhooks/{webhook_id}", 200, path=f"/webhooks/{hook['id']}")
     await call("DELETE", "/webhooks/{webhook_id}", 404, path=f"/webhooks/{hook['id']}")
     await call("DELETE", "/webhooks/{webhook_id}", 409, path="/webhooks/config-0")
+
+    # secrets: stored, listed (never the value), used by a job, deleted
+    stored = await call("POST", "/secrets", 200, json={"name": "api_token", "value": "tok-0123456789abcdef"})
+    assert stored["created"] is True and stored["secret"]["name"] == "api_token" and "value" not in stored["secret"]
+    assert [entry["name"] for entry in (await call("GET", "/secrets", 200))["secrets"]] == ["api_token"]
+    uses = {"playbook": [{"action": "run_script", "script": "baseit.py",
+                          "parameters": {"target": "192.168.1.1", "token": "{{secrets.api_token}}"}}]}
+    await recorder.wait_job((await call("POST", "/cluster/jobs", 200, json=uses))["job_id"])
+    await call("POST", "/cluster/jobs", 400, json={"playbook": [
+        {"action": "run_script", "script": "baseit.py", "parameters": {"token": "{{secrets.nope}}"}}]})
+    await call("POST", "/secrets", 400, json={"name": "short", "value": "1234567"})
+    await call("POST", "/secrets", 403, json={"name": "x", "value": "0123456789"}, key=OPERATOR_KEY)
+    await call("DELETE", "/secrets/{name}", 200, path="/secrets/api_token")
+    await call("DELETE", "/secrets/{name}", 404, path="/secrets/api_token")
 
     assert "secauto_" in await call("GET", "/metrics", 200, key=VIEWER_KEY)
     async with recorder.http.get("/cluster/events", headers=auth()) as response:

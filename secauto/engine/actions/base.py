@@ -72,3 +72,5 @@ class ActionSpec(Generic[F]):
     # Extra checks of single fields (e.g. a script name): a problem message, or None. Applied at
     # validation to literal values and at run time to rendered ones.
     field_checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+    # The fields that may reference stored secrets ({{secrets.NAME}}); see secauto.engine.secrets.
+    secret_fields: tuple[str, ...] = ()

@@ -3,6 +3,7 @@
 Fields: ``url`` (http or https), ``method`` (GET), ``headers``, ``json`` or ``body`` (not both),
 ``expect_status`` (a status or a list of them). The step's ``timeout`` bounds the whole request
 (default ``engine.http_timeout``). Without ``expect_status`` any status below 400 succeeds.
+``url``, ``headers``, ``json`` and ``body`` may use ``{{secrets.NAME}}``.
 
 The result is ``{"status", "headers", "json"}`` when the response is JSON, else
 ``{"status", "headers", "text"}``. The body is capped at ``engine.max_output_bytes``. Connection errors,
@@ -112,4 +113,5 @@ ACTION = ActionSpec(
     own_timeout=True,
     label_field="url",
     field_checks={"url": _url_problem},
+    secret_fields=("url", "headers", "json", "body"),
 )

@@ -47,4 +47,5 @@ ACTION = ActionSpec(
     label_field="script",
     own_timeout=True,
     field_checks={"script": script_name_problem},
+    secret_fields=("parameters",),
 )

@@ -12,6 +12,7 @@ import msgspec
 
 from secauto.engine.actions.base import ActionCall, ActionSpec
 from secauto.engine.lookup import MissingVariable, lookup, path_problem
+from secauto.engine.secrets import WHERE_ALLOWED, is_secret_path
 
 _NO_DEFAULT: Any = msgspec.UNSET
 
@@ -32,4 +33,10 @@ async def _run(call: ActionCall[VarFields]) -> Any:
         raise
 
 
-ACTION = ActionSpec(name="var", fields=VarFields, run=_run, field_checks={"path": path_problem})
+def _path_problem(path: Any) -> str | None:
+    if not isinstance(path, str):
+        return None  # the type check reports it
+    return path_problem(path) or (WHERE_ALLOWED if is_secret_path(path) else None)
+
+
+ACTION = ActionSpec(name="var", fields=VarFields, run=_run, field_checks={"path": _path_problem})
