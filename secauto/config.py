@@ -114,6 +114,10 @@ class EngineConfig(_Section):
     script_timeout: Seconds = 60.0
     max_output_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     script_env: dict[str, str] = {}
+    # http_request: networks, addresses or host names (*.domain) to allow despite the default refusal of
+    # link-local and cloud metadata addresses, and to refuse besides them (http_deny wins).
+    http_allow: list[str] = []
+    http_deny: list[str] = []
 
 
 class WebhookConfig(_Section):
@@ -446,6 +450,12 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
         if len(secret_key) < MIN_KEY_LENGTH:
             raise ConfigError(f"security.secret_key: needs at least {MIN_KEY_LENGTH} characters (use a random value, "
                               "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    from secauto.engine.netguard import http_policy
+
+    try:
+        http_policy(config.engine.http_allow, config.engine.http_deny)
+    except ValueError as exc:
+        raise ConfigError(f"engine.{exc}") from None
     keys = _api_keys(config.security)
     generated = None
     if not keys:

@@ -34,6 +34,7 @@ from secauto.api.app import create_app
 from secauto.api.state import EventSource
 from secauto.config import Settings
 from secauto.engine import EngineSettings
+from secauto.engine.netguard import http_policy
 from secauto.metrics import NodeMetrics
 from secauto.models import utc_now
 from secauto.redaction import install_log_redaction
@@ -53,7 +54,8 @@ def engine_settings(settings: Settings) -> EngineSettings:
     engine = settings.config.engine
     return EngineSettings(scripts_dir=settings.scripts_dir, playbooks_dir=settings.playbooks_dir,
                           python=settings.python, script_timeout=engine.script_timeout,
-                          max_output_bytes=engine.max_output_bytes, script_env=dict(engine.script_env))
+                          max_output_bytes=engine.max_output_bytes, script_env=dict(engine.script_env),
+                          http_policy=http_policy(engine.http_allow, engine.http_deny))
 
 
 def retention_policy(settings: Settings) -> RetentionPolicy:

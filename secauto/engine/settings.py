@@ -10,6 +10,8 @@ from pathlib import Path
 
 import msgspec
 
+from secauto.engine.netguard import HttpPolicy
+
 
 class EngineSettings(msgspec.Struct, kw_only=True, frozen=True):
     """Everything the engine needs to run playbooks; immutable and shared by all runs."""
@@ -29,3 +31,5 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True):
     max_executed_steps: int = 100_000
     # http_request: default timeout and the cap on a response body.
     http_timeout: float = 30.0
+    # http_request: which addresses it may connect to (engine.http_allow / engine.http_deny).
+    http_policy: HttpPolicy = msgspec.field(default_factory=HttpPolicy)

@@ -6,9 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from secauto.config import CliOverrides, ConfigError, hash_key, load_settings, parse_redis_url
+from secauto.config import (
+    CliOverrides,
+    Config,
+    ConfigError,
+    hash_key,
+    load_settings,
+    parse_redis_url,
+    settings_from_config,
+)
 
 KEY = "k" * 32
 
@@ -76,9 +85,15 @@ def test_env_overrides(tmp_path: Path) -> None:
     assert settings.generated_api_key is None
 
 
-def test_secret_key_from_env() -> None:
+def test_secret_key_from_env_and_http_lists() -> None:
     settings = load_settings(None, env={"SECAUTO_SECRET_KEY": "k" * 32})
     assert settings.config.security.secret_key == "k" * 32
+    from secauto.node import engine_settings
+
+    raw = {"engine": {"http_allow": ["169.254.169.254", "*.internal"], "http_deny": ["10.0.0.0/8"]}}
+    policy = engine_settings(settings_from_config(msgspec.convert(raw, Config), base_dir=Path.cwd())).http_policy
+    assert policy.address_refusal("169.254.169.254", "x") is None and policy.allow_hosts == (".internal",)
+    assert policy.address_refusal("10.0.0.1", "x") is not None
 
 
 def test_cli_overrides_beat_env() -> None:
@@ -128,6 +143,8 @@ def test_bad_redis_url_names_the_key(raw: str) -> None:
     ("cluster: [\n", "not valid YAML at line"),
     ("cluster:\n  node_id: 'bad id!'\n", "cluster.node_id: 'bad id!' must match"),
     ("security:\n  secret_key: too-short\n", "security.secret_key: needs at least 32 characters"),
+    ("engine:\n  http_allow: [10.0.0.0/8, 'not a host!']\n", "engine.http_allow[1]: 'not a host!' is not a network"),
+    ("engine:\n  http_deny: ['http://x/']\n", "engine.http_deny[0]: 'http://x/' is not a network"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as error:
