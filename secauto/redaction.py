@@ -26,8 +26,11 @@ other way (case changed, reversed, compressed, hashed). Values are remembered fo
 process (a deleted or replaced secret stays masked), up to :data:`MAX_VALUES`.
 
 Matching uses one regular expression shaped as a trie of all forms, so a search costs about one
-pass over the text whatever the number of secrets. The compiled state is replaced atomically, so
-readers (the log patcher may run in any thread) never see a half-built one.
+pass over the text whatever the number of secrets. Before it, a cheaper test looks for *anchors*: the
+longest run of ASCII letters and digits of each value and of its base64 form. No escaping above
+changes letters or digits, so every form holds one of them; text without any anchor holds no form
+(values without a usable anchor always take the regular expression). The compiled state is replaced
+atomically, so readers (the log patcher may run in any thread) never see a half-built one.
 """
 
 from __future__ import annotations
@@ -112,17 +115,50 @@ def trie_pattern(words: Iterable[str]) -> str:
     return build(root)
 
 
+_ALNUM_RUN = re.compile(r"[A-Za-z0-9]+")
+MIN_ANCHOR = 4
+
+
+def anchors_of(value: str) -> tuple[str, ...] | None:
+    """Substrings that every form of ``value`` contains one of (see the module docstring), or None
+    when the value has no run of letters and digits long enough to be a useful anchor."""
+    found = []
+    for text in (value, base64.b64encode(value.encode()).decode()):
+        runs = _ALNUM_RUN.findall(text)
+        longest = max(runs, key=len) if runs else ""
+        if len(longest) < MIN_ANCHOR:
+            return None
+        found.append(longest)
+    return tuple(found)
+
+
 class _Compiled:
     """The matchers for one set of values: on text, and on JSON-encoded bytes (a quick pre-check)."""
 
-    __slots__ = ("json", "text")
+    __slots__ = ("anchors", "json", "text")
 
     def __init__(self, values: Iterable[str]) -> None:
+        values = list(values)
         forms = {form for value in values for form in forms_of(value)}
         self.text = re.compile(trie_pattern(forms))
         # A string holding form F appears in a JSON document as F JSON-escaped (and the forms as they
         # are, for payloads that turn out not to be JSON).
         self.json = re.compile(trie_pattern(forms | {_json_escaped(form) for form in forms}).encode())
+        anchors: set[str] | None = set()
+        for value in values:
+            found = anchors_of(value)
+            if found is None or anchors is None:
+                anchors = None
+                continue
+            anchors.update(found)
+        # Letters and digits look the same in text, in JSON and in UTF-8 bytes.
+        self.anchors = None if anchors is None else (tuple(anchors), tuple(a.encode() for a in anchors))
+
+    def may_hold(self, text: str) -> bool:
+        return self.anchors is None or any(anchor in text for anchor in self.anchors[0])
+
+    def may_hold_bytes(self, data: bytes) -> bool:
+        return self.anchors is None or any(anchor in data for anchor in self.anchors[1])
 
 
 class RedactedError(Exception):
@@ -173,19 +209,20 @@ class Redactor:
     def text(self, text: str) -> str:
         """``text`` with every form of every value replaced by ``***``."""
         compiled = self._compiled
-        if compiled is None or not text:
+        if compiled is None or not text or not compiled.may_hold(text):
             return text
         return compiled.text.sub(MASK, text)
 
     def found(self, text: str) -> bool:
         compiled = self._compiled
-        return compiled is not None and compiled.text.search(text) is not None
+        return compiled is not None and compiled.may_hold(text) and compiled.text.search(text) is not None
 
     def found_in_json(self, encoded: bytes) -> bool:
         """Whether the JSON document ``encoded`` may hold a value (a cheap test before :meth:`value`;
         a false positive only costs the walk)."""
         compiled = self._compiled
-        return compiled is not None and compiled.json.search(encoded) is not None
+        return (compiled is not None and compiled.may_hold_bytes(encoded)
+                and compiled.json.search(encoded) is not None)
 
     def value(self, data: Any) -> Any:
         """A copy of ``data`` (JSON-like: dicts, lists, strings, scalars) with every string masked,
@@ -203,7 +240,7 @@ class Redactor:
         The key order is kept (events must start with ``{"type":``). Payloads that are not JSON are
         masked as text."""
         compiled = self._compiled
-        if compiled is None or compiled.json.search(payload) is None:
+        if compiled is None or not compiled.may_hold_bytes(payload) or compiled.json.search(payload) is None:
             return payload
         try:
             data = msgspec.json.decode(payload)

@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
-from secauto.redaction import MASK, REDACTOR, Redactor, forms_of, install_log_redaction, trie_pattern
+from secauto.redaction import (
+    MASK,
+    REDACTOR,
+    Redactor,
+    anchors_of,
+    forms_of,
+    install_log_redaction,
+    trie_pattern,
+)
 
 VALUE = 'p4ss"w0rd\\with\'quotes-7f3a'
 
@@ -112,6 +120,24 @@ def test_no_registered_value_survives(values: list[str], noise: str) -> None:
     masked = masker.text(text)
     for value in values:
         assert value not in masked
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(min_size=8, max_size=40))
+def test_every_form_holds_an_anchor(value: str) -> None:
+    # The cheap pre-test may only skip texts that hold no form: every form must contain an anchor.
+    anchors = anchors_of(value)
+    if anchors is not None:
+        for form in forms_of(value):
+            assert any(anchor in form for anchor in anchors), (form, anchors)
+
+
+def test_values_without_anchors_are_masked_all_the_same() -> None:
+    masker = Redactor()
+    masker.add(["!@#$%^&*()_+", "abc-def-ghi-jkl"])  # no run of 4 letters or digits in either
+    assert anchors_of("!@#$%^&*()_+") is None
+    assert masker.text("x !@#$%^&*()_+ y abc-def-ghi-jkl") == f"x {MASK} y {MASK}"
+    assert masker.found_in_json(msgspec.json.encode({"k": "!@#$%^&*()_+"}))
 
 
 def test_trie_pattern_matches_exactly_the_words() -> None:
