@@ -177,7 +177,7 @@ async def _run(call: ActionCall[HttpFields]) -> dict[str, Any]:
     except aiohttp.ClientError as exc:
         raise StepError(f"{target} failed: {type(exc).__name__}: {_quote(str(exc))}") from None
     except ValueError as exc:  # yarl: a URL it cannot parse
-        raise StepError(f"{target}: bad URL ({exc})") from None
+        raise StepError(f"{target}: bad URL ({_quote(str(exc))})") from None
     raw, status = answer.raw, answer.status
     result: dict[str, Any] = {"status": status, "headers": answer.headers}
     try:
