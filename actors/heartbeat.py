@@ -27,6 +27,7 @@ from actors.messages import (
     Beat,
     CheckHealth,
     CheckPrimary,
+    CheckStorage,
     ExecutorStats,
     GetStats,
     HealthReport,
@@ -36,10 +37,12 @@ from actors.messages import (
 from secauto import __version__
 from secauto.models import NodeInfo, format_timestamp, make_event
 from secauto.store.connection import follow_failover
+from secauto.store.safety import check_eviction
 
 CAPABILITIES = ["playbook_execution", "job_processing"]
 MISSED_BEATS_ALLOWED = 3
 PRIMARY_CHECK_S = 1.0  # with Sentinel: how often to ask where the Redis primary is
+STORAGE_CHECK_S = 60.0  # cluster mode: how often to look at Redis' maxmemory-policy again
 
 
 class HeartbeatActor(Actor):
@@ -49,12 +52,16 @@ class HeartbeatActor(Actor):
         self.joined = False
         self.status = "active"
         self.last_error: str | None = None
+        self.storage_problem: str | None = None  # an unsafe eviction policy, shown by /health
+        self.storage_checked = False
         self.log = logger.bind(component="heartbeat", node_id=ctx.node_id)
 
     async def on_start(self) -> None:
         self.start_timer("beat", self.ctx.heartbeat_interval, Beat(), initial_delay=0.0)
         if self.ctx.settings.redis.sentinels:
             self.start_timer("primary", PRIMARY_CHECK_S, CheckPrimary())
+        if self.ctx.settings.config.cluster.enabled:
+            self.start_timer("storage", STORAGE_CHECK_S, CheckStorage(), initial_delay=0.0)
 
     async def on_stop(self) -> None:
         if not self.joined:
@@ -76,6 +83,8 @@ class HeartbeatActor(Actor):
                 return await self._check_health()
             case CheckPrimary():
                 await self._check_primary()
+            case CheckStorage():
+                await self._check_storage()
             case _:
                 raise TypeError(f"heartbeat got an unexpected message {message!r}")
         return None
@@ -122,10 +131,29 @@ class HeartbeatActor(Actor):
                 self.system.get("reaper").tell(PrimaryMoved())
 
     async def _check_health(self) -> HealthReport:
+        warnings = (self.storage_problem,) if self.storage_problem else ()
         try:
             await asyncio.wait_for(self.ctx.queue.redis.ping(), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as exc:
             self.ctx.metrics.redis_up.set(0)
-            return HealthReport(healthy=False, reason=f"Redis unreachable: {exc or type(exc).__name__}")
+            return HealthReport(healthy=False, reason=f"Redis unreachable: {exc or type(exc).__name__}",
+                                warnings=warnings)
         self.ctx.metrics.redis_up.set(1)
-        return HealthReport(healthy=True)
+        return HealthReport(healthy=True, warnings=warnings)
+
+    async def _check_storage(self) -> None:
+        """Look at the eviction policy (at start, then every STORAGE_CHECK_S): an unsafe one is logged as an
+        error when first seen and explained by /health; a refused CONFIG GET is a warning, once."""
+        try:
+            check = await asyncio.wait_for(check_eviction(self.ctx.queue.redis), timeout=5.0)
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError):
+            return  # Redis down: the beat reports it; look again later
+        if check.refused is not None:
+            if not self.storage_checked:
+                self.log.warning("cannot read Redis' maxmemory-policy ({}); make sure it is {}", check.refused,
+                                 "noeviction")
+        elif check.problem != self.storage_problem and check.problem is not None:
+            allowed = " (cluster.allow_eviction: true)" if self.ctx.settings.config.cluster.allow_eviction else ""
+            self.log.error("{}{}", check.problem, allowed)
+        self.storage_problem = check.problem
+        self.storage_checked = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from secauto.models import Job, NodeInfo
+from secauto.schedules.definition import ScheduleRecord
 
 
 # --- Dispatcher ---------------------------------------------------------------------------------
@@ -121,6 +122,10 @@ class SetStatus(msgspec.Struct, frozen=True):
     status: str
 
 
+class CheckStorage(msgspec.Struct, frozen=True):
+    """Timer (cluster mode): is Redis' eviction policy safe for SecAuto's keys?"""
+
+
 class CheckPrimary(msgspec.Struct, frozen=True):
     """Timer (Sentinel only): has the Redis primary moved?"""
 
@@ -132,6 +137,7 @@ class CheckHealth(msgspec.Struct, frozen=True):
 class HealthReport(msgspec.Struct, frozen=True):
     healthy: bool
     reason: str | None = None
+    warnings: tuple[str, ...] = ()  # problems that do not make the node unready (Redis eviction policy)
 
 
 # --- Discovery ----------------------------------------------------------------------------------
@@ -172,3 +178,53 @@ class PrimaryMoved(msgspec.Struct, frozen=True):
 class IsLeader(msgspec.Struct, frozen=True):
     """Ask: does this node hold the leader lease? Answers bool."""
 
+
+
+# --- Scheduler ----------------------------------------------------------------------------------
+class LeadershipChanged(msgspec.Struct, frozen=True):
+    """Tell (reaper -> scheduler), after every election round: the leader lease token this node holds,
+    or None. Only the holder fires schedules (the fire script checks the token again)."""
+
+    token: str | None
+
+
+class ScheduleTick(msgspec.Struct, frozen=True):
+    """Timer: (leader only) fire the schedules that are due; sync config schedules until done."""
+
+
+class SaveSchedule(msgspec.Struct, frozen=True):
+    """Ask: store a definition (``mode`` create, replace or config). Answers an UpsertResult string."""
+
+    record: ScheduleRecord
+    mode: str
+
+
+class ListSchedules(msgspec.Struct, frozen=True):
+    """Ask: (Redis time ms, every StoredSchedule)."""
+
+
+class GetSchedule(msgspec.Struct, frozen=True):
+    """Ask: (Redis time ms, the StoredSchedule or None, its history entries as JSON bytes)."""
+
+    name: str
+
+
+class DeleteSchedule(msgspec.Struct, frozen=True):
+    """Ask: delete a schedule made through the API. Answers deleted, not_found or managed_by_config."""
+
+    name: str
+
+
+class PauseSchedule(msgspec.Struct, frozen=True):
+    """Ask: pause (``resume`` False) or resume a schedule. Answers a PauseResult string."""
+
+    name: str
+    resume: bool
+    note: str = ""
+
+
+class TriggerSchedule(msgspec.Struct, frozen=True):
+    """Ask: run one job of the schedule now. Answers the job id, or None for an unknown schedule."""
+
+    name: str
+    submitted_by: str | None = None

@@ -1,4 +1,5 @@
-"""ReaperActor: holds (or waits for) the leader lease; only the leader recovers orphaned jobs.
+"""ReaperActor: holds (or waits for) the leader lease; only the leader recovers orphaned jobs (and, told
+by it after each election round, only the leader's SchedulerActor fires schedules).
 
 Election: the lease lives 2/3 of ``election_timeout`` and every node tries to take or renew it every
 1/6, so a new leader is in place within 5/6 of ``election_timeout`` after the old one's death. Each
@@ -16,6 +17,7 @@ node's last sign of life to the takeover is logged and observed in ``secauto_rec
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from typing import Any
@@ -25,8 +27,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
-from actors.core import Actor
-from actors.messages import Elect, IsLeader, PrimaryMoved, Reap
+from actors.core import Actor, ActorDeadError
+from actors.messages import Elect, IsLeader, LeadershipChanged, PrimaryMoved, Reap
 from secauto.models import make_event
 from secauto.store.jobs import Recovery
 
@@ -34,8 +36,9 @@ _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
 
 class ReaperActor(Actor):
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(self, ctx: NodeContext, scheduler_name: str = "scheduler") -> None:
         self.ctx = ctx
+        self.scheduler_name = scheduler_name
         self.token = f"{ctx.node_id}:{secrets.token_hex(8)}"
         self.is_leader = False
         self._last_redis_error = 0.0  # monotonic time of this node's last failed Redis call
@@ -54,6 +57,7 @@ class ReaperActor(Actor):
         self.start_timer("reap", self.reap_interval, Reap())
 
     async def on_stop(self) -> None:
+        self._announce(leader=False)
         if self.is_leader:
             try:
                 await self.ctx.registry.release_leadership(self.token)
@@ -88,6 +92,7 @@ class ReaperActor(Actor):
             return
         was_leader, self.is_leader = self.is_leader, outcome > 0
         self.ctx.metrics.is_leader.set(1 if self.is_leader else 0)
+        self._announce(leader=self.is_leader)
         if self.is_leader and not was_leader:
             self.log.info("became cluster leader")
             await self._reap()  # a new leader catches up at once
@@ -119,7 +124,13 @@ class ReaperActor(Actor):
             self.log.warning("reap failed: {}", exc)
         return None
 
+    def _announce(self, *, leader: bool) -> None:
+        """Tell the scheduler (every round, so a restarted scheduler learns it too) whether it may fire."""
+        with contextlib.suppress(KeyError, ActorDeadError):
+            self.system.get(self.scheduler_name).tell(LeadershipChanged(self.token if leader else None))
+
     def _deposed(self) -> None:
+        self._announce(leader=False)
         self.is_leader = False
         self.ctx.metrics.is_leader.set(0)
         self.log.warning("lost cluster leadership (lease taken); stopped reaping")

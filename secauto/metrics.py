@@ -56,6 +56,10 @@ class NodeMetrics:
                               "check, scrape) succeeded, else 0", registry=registry)
         self.webhook_deliveries = Counter("secauto_webhook_deliveries", "Webhook deliveries by outcome",
                                           ["outcome"], registry=registry)
+        # One series per (schedule, outcome): bounded by the schedules defined (at most 10,000).
+        self.schedule_fires = Counter("secauto_schedule_fires", "Schedule slots handled by this node, by schedule "
+                                      "and outcome (fired, triggered, skipped_overlap, missed, paused)",
+                                      ["schedule", "outcome"], registry=registry)
         self.http_requests = Counter("secauto_http_requests", "HTTP requests by route, method and status",
                                      ["route", "method", "status"], registry=registry)
         self._requests: dict[tuple[str, str, int], Any] = {}  # labelled children of http_requests

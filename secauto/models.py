@@ -82,7 +82,9 @@ class Job(msgspec.Struct, kw_only=True):
     # --- body: written by Python, except `attempts`, to which Lua appends (it must stay last) ---
     submitted_at: str
     submitted_to: str  # the node whose API accepted the job
-    submitted_by: str | None = None  # the name of the API key that submitted it
+    submitted_by: str | None = None  # the name of the API key that submitted it, or schedule:<name>
+    schedule: str | None = None  # the schedule that created it
+    scheduled_for: str | None = None  # RFC 3339 UTC: the schedule's slot (the trigger time for a trigger)
     tags: list[str] = []
     timeout: float | None = None
     run_at: str | None = None  # RFC 3339: not started before this time (from run_at, for display)
@@ -109,6 +111,8 @@ class JobView(msgspec.Struct, kw_only=True):
     submitted_at: str
     submitted_by: str | None = None
     submitted_to: str
+    schedule: str | None = None  # null unless a schedule created the job
+    scheduled_for: str | None = None  # the slot it ran for (RFC 3339 UTC); null unless from a schedule
     started_at: str | None = None
     completed_at: str | None = None
     assigned_to: str | None = None  # the node running it, or the one that ran its last attempt
@@ -173,12 +177,15 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
     priority: int | None = None
     error: str | None = None
     reason: str | None = None
+    schedule: str | None = None  # schedule.* events (and their job's)
+    scheduled_for: str | None = None
 
 
 EVENT_VERSION = 1
 EVENT_TYPES = frozenset({
     "job.submitted", "job.started", "job.completed", "job.failed", "job.retrying", "job.dead_lettered",
     "job.cancelled", "job.requeued", "node.joined", "node.left", "leader.changed",
+    "schedule.fired", "schedule.skipped", "schedule.missed",
 })
 
 

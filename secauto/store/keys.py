@@ -10,6 +10,9 @@ from typing import Final
 
 PREFIX: Final = "secauto"
 RECENT_MAX: Final = 10_000
+SCHEDULES_MAX: Final = 10_000
+SCHEDULE_HISTORY_MAX: Final = 100
+SCHEDULE_ACTIVE_MAX: Final = 100
 
 
 class Keys:
@@ -35,6 +38,9 @@ class Keys:
         "round_robin",
         "running",
         "secrets",
+        "schedule_buffered",
+        "schedule_due",
+        "schedules",
         "sequence",
         "session_prefix",
         "tag_running",
@@ -99,6 +105,13 @@ class Keys:
         self.session_prefix = f"{PREFIX}:session:{cluster}:"
         # STRING counter per client address: failed dashboard logins, TTL ui.login_window from the first.
         self.login_failures_prefix = f"{PREFIX}:login-failures:{cluster}:"
+        # HASH schedule name -> its definition as JSON (definition and resolved playbook). At most
+        # SCHEDULES_MAX schedules (schedule_upsert.lua refuses more).
+        self.schedules = f"{PREFIX}:schedules:{cluster}"
+        # ZSET schedule name -> due time (ms, Redis clock) of its pending slot; enabled schedules only.
+        self.schedule_due = f"{PREFIX}:schedule-due:{cluster}"
+        # SET of schedule names holding a buffered slot (overlap buffer_one). Bounded by the schedules.
+        self.schedule_buffered = f"{PREFIX}:schedule-buffered:{cluster}"
 
     def job(self, job_id: str) -> str:
         return f"{self.job_prefix}{job_id}"
@@ -108,6 +121,19 @@ class Keys:
 
     def login_failures(self, address: str) -> str:
         return f"{self.login_failures_prefix}{address}"
+
+    def schedule_state(self, name: str) -> str:
+        """HASH: one schedule's state (pending slot, paused, last fire, ...). Deleted with the schedule."""
+        return f"{PREFIX}:schedule:{self.cluster}:{name}"
+
+    def schedule_history(self, name: str) -> str:
+        """LIST: one schedule's slot outcomes as JSON, newest first, capped at SCHEDULE_HISTORY_MAX."""
+        return f"{PREFIX}:schedule-history:{self.cluster}:{name}"
+
+    def schedule_jobs(self, name: str) -> str:
+        """SET: ids of the schedule's jobs that may still be active (overlap checks); finished ones are
+        pruned at each fire, and at most SCHEDULE_ACTIVE_MAX are tracked."""
+        return f"{PREFIX}:schedule-jobs:{self.cluster}:{name}"
 
     def node(self, node_id: str) -> str:
         return f"{self.node_prefix}{node_id}"

@@ -22,11 +22,14 @@ SCRIPT_NAMES = ("submit", "claim", "finish", "renew", "reap", "handback", "cance
 
 @cache
 def script_source(name: str) -> str:
-    """The full source of script ``name``: ``lib.lua`` followed by ``<name>.lua``."""
+    """The full source of script ``name``: ``lib.lua`` followed by ``<name>.lua`` (and, for the schedule
+    scripts ``schedule_*.lua``, ``schedule_lib.lua`` between the two)."""
     folder = resources.files("secauto.store") / "lua"
-    library = (folder / "lib.lua").read_text(encoding="utf-8")
-    body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-    return f"{library}\n{body}"
+    parts = [(folder / "lib.lua").read_text(encoding="utf-8")]
+    if name.startswith("schedule_"):
+        parts.append((folder / "schedule_lib.lua").read_text(encoding="utf-8"))
+    parts.append((folder / f"{name}.lua").read_text(encoding="utf-8"))
+    return "\n".join(parts)
 
 
 class Scripts:
