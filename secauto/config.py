@@ -20,6 +20,8 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 import yaml
 
+from secauto.schedules.spec import ScheduleSpec, definition_problems
+
 Role = Literal["admin", "operator", "viewer"]
 LoadBalancing = Literal["least_loaded", "round_robin"]
 LogLevel = Literal["trace", "debug", "info", "warning", "error", "critical"]
@@ -91,6 +93,9 @@ class ClusterConfig(_Section):
     # Redis Sentinel: "host:port" entries and the primary's service name (or use redis+sentinel://).
     sentinels: list[str] = []
     sentinel_service: str = "mymaster"
+    # Start even if Redis' maxmemory-policy may evict keys (anything but noeviction): jobs, node records
+    # and leases could vanish. Without it such a node refuses to start.
+    allow_eviction: bool = False
 
 
 class ApiKeyConfig(_Section):
@@ -163,6 +168,9 @@ class Config(_Section):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     ui: UiConfig = msgspec.field(default_factory=UiConfig)
+    # Schedules managed by config (README "Schedules"). None (no `schedules:` key): config-managed
+    # schedules in Redis are left alone; a list, even empty, is what they must be.
+    schedules: list[ScheduleSpec] | None = None
 
 
 class ApiKey(msgspec.Struct, frozen=True):
@@ -390,6 +398,21 @@ def _api_keys(security: SecurityConfig) -> tuple[ApiKey, ...]:
     return tuple(keys)
 
 
+def _check_schedules(schedules: list[ScheduleSpec]) -> None:
+    """Cron, time zone, every/cron and playbook/playbook_name choices, unique names. The playbooks
+    themselves are validated at node start (they may name files in playbooks_dir)."""
+    seen: set[str] = set()
+    for index, spec in enumerate(schedules):
+        where = f"schedules[{index}]"
+        if spec.name in seen:
+            raise ConfigError(f"{where}.name: another schedule is already named {spec.name!r}")
+        seen.add(spec.name)
+        problems = definition_problems(spec)
+        if problems:
+            field, message = problems[0]
+            raise ConfigError(f"{where}.{field}: {message}")
+
+
 def default_node_id(port: int) -> str:
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip("-.") or "node"
     return f"{host[:50]}-{port}"
@@ -456,6 +479,7 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
         http_policy(config.engine.http_allow, config.engine.http_deny)
     except ValueError as exc:
         raise ConfigError(f"engine.{exc}") from None
+    _check_schedules(config.schedules or [])
     keys = _api_keys(config.security)
     generated = None
     if not keys:

@@ -1,9 +1,10 @@
 """Assembles one node: config -> store -> actors -> HTTP API, and takes it down in reverse order.
 
-Start: open the store (Redis, or the embedded store when cluster mode is off), bind the HTTP socket
-(so the node record can name the real port), spawn the actors (executor, dispatcher, discovery,
-heartbeat, webhooks, secrets, reaper), then start serving HTTP. Log redaction of secret values is
-installed first (:mod:`secauto.redaction`).
+Start: install log redaction of secret values (:mod:`secauto.redaction`), resolve the config schedules'
+playbooks, open the store (Redis, or the embedded store when cluster mode is off) and, in cluster mode,
+refuse a Redis whose eviction policy can drop keys (unless ``cluster.allow_eviction``), bind the HTTP
+socket (so the node record can name the real port), spawn the actors (executor, dispatcher, discovery,
+heartbeat, webhooks, secrets, scheduler, reaper), then serve HTTP.
 
 Graceful stop (SIGTERM/SIGINT): stop claiming, let running jobs finish within
 ``server.shutdown_grace``, stop HTTP, stop the actors in reverse start order (the reaper releases
@@ -19,6 +20,8 @@ import socket
 from aiohttp import web
 from loguru import logger
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import ActorRef, ActorSystem, NodeFatalError
@@ -28,22 +31,26 @@ from actors.executor import ExecutorActor
 from actors.heartbeat import HeartbeatActor
 from actors.messages import ExecutorStats, GetStats, HandBack, SetStatus, StopClaiming
 from actors.reaper import ReaperActor
+from actors.scheduler import SchedulerActor
 from actors.secrets import SecretsActor
 from actors.webhooks import WebhookActor
 from secauto.api.app import create_app
 from secauto.api.state import EventSource
-from secauto.config import Settings
-from secauto.engine import EngineSettings
+from secauto.config import ConfigError, Settings
+from secauto.engine import EngineSettings, PlaybookInvalid
 from secauto.engine.netguard import http_policy
 from secauto.metrics import NodeMetrics
 from secauto.models import utc_now
 from secauto.redaction import install_log_redaction
+from secauto.schedules.definition import ScheduleRecord, resolve_steps
 from secauto.secret_cipher import SecretCipher
 from secauto.store.connection import open_embedded, open_redis
 from secauto.store.jobs import DispatchPolicy, JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
 from secauto.store.secrets import SecretStore
+from secauto.store.safety import check_eviction
+from secauto.store.schedules import ScheduleStore
 from secauto.store.sessions import LoginThrottle, SessionStore
 from secauto.store.webhooks import WebhookSpec, WebhookStore
 from secauto.ui.app import create_ui_app, mount_ui
@@ -71,6 +78,24 @@ def dispatch_policy(settings: Settings) -> DispatchPolicy:
     cluster = settings.config.cluster
     return DispatchPolicy(placement=cluster.load_balancing, dispatch_wait_ms=int(cluster.dispatch_wait * 1000),
                           affinity_wait_ms=int(cluster.affinity_wait * 1000), tag_limits=dict(cluster.tag_limits))
+
+
+def config_schedules(settings: Settings, engine: EngineSettings) -> list[ScheduleRecord] | None:
+    """The schedules of config.yaml with their playbooks resolved and validated; None without a
+    ``schedules:`` key. Raises ConfigError naming ``schedules[i].playbook`` (or ``.playbook_name``)."""
+    specs = settings.config.schedules
+    if specs is None:
+        return None
+    records = []
+    for index, spec in enumerate(specs):
+        try:
+            records.append(ScheduleRecord(spec=spec, steps=resolve_steps(spec, engine)))
+        except PlaybookInvalid as exc:
+            field = "playbook_name" if spec.playbook_name is not None else "playbook"
+            problem = exc.problems[0]
+            where = "" if problem.path == "$" else f" at {problem.path}"
+            raise ConfigError(f"schedules[{index}].{field}: {problem.message}{where}") from None
+    return records
 
 
 def _advertised_host(bind_host: str) -> str:
@@ -122,10 +147,13 @@ class Node:
     async def _start(self, settings: Settings, cluster_name: str) -> None:
         server = settings.config.server
         install_log_redaction()
+        engine = engine_settings(settings)
+        schedules = config_schedules(settings, engine)
+        if self.cluster_mode:
+            await self._check_storage()
         self._socket = socket.create_server((server.host, server.port), reuse_port=False)
         self.port = self._socket.getsockname()[1]
         keys = Keys(cluster_name)
-        engine = engine_settings(settings)
         queue = JobQueue(self.redis, keys, retention_policy(settings), dispatch_policy(settings))
         secret_key = settings.config.security.secret_key
         vault = SecretVault(SecretStore(self.redis, keys), SecretCipher(secret_key) if secret_key else None)
@@ -142,6 +170,8 @@ class Node:
                       for index, hook in enumerate(settings.config.webhooks)]
         await self.system.spawn(WebhookActor(ctx, webhook_store, configured), name="webhooks")
         await self.system.spawn(SecretsActor(vault, settings.node_id), name="secrets")
+        # Before the reaper: it tells the scheduler whether this node leads, from its first election on.
+        await self.system.spawn(SchedulerActor(ctx, ScheduleStore(queue), schedules), name="scheduler")
         await self.system.spawn(ReaperActor(ctx), name="reaper")
         events = EventSource(self.redis, keys.channel)
         app = create_app(settings, self.system, engine, self.metrics, events, webhook_store, vault,
@@ -154,6 +184,19 @@ class Node:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.SockSite(self._runner, self._socket).start()
+
+    async def _check_storage(self) -> None:
+        """Refuse to start (ConfigError naming cluster.allow_eviction) on a Redis whose eviction policy can
+        drop keys, unless allowed; the heartbeat keeps checking and /health explains it either way."""
+        try:
+            check = await asyncio.wait_for(check_eviction(self.redis), timeout=5.0)
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+            self.log.warning("cannot check Redis' eviction policy now ({}); checking again once it answers",
+                             exc or type(exc).__name__)
+            return
+        if check.problem is not None and not self.settings.config.cluster.allow_eviction:
+            raise ConfigError(f"cluster.allow_eviction: {check.problem} (or set cluster.allow_eviction: true to "
+                              "start anyway)")
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop; ``grace`` (default ``server.shutdown_grace``) bounds the wait for running jobs."""

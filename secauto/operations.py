@@ -28,11 +28,13 @@ class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
     status: JobStatus | None = None
     tag: str | None = None
     node: str | None = None
+    schedule: str | None = None  # jobs this schedule created
 
     def matches(self, job: Job) -> bool:
         return ((self.status is None or job.status == self.status)
                 and (self.tag is None or self.tag in job.tags)
-                and (self.node is None or job.assigned_to == self.node))
+                and (self.node is None or job.assigned_to == self.node)
+                and (self.schedule is None or job.schedule == self.schedule))
 
 
 class JobPage(msgspec.Struct, frozen=True, kw_only=True):

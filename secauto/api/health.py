@@ -25,6 +25,8 @@ class HealthResponse(msgspec.Struct, kw_only=True):
     version: str
     cluster_mode: bool
     reason: str | msgspec.UnsetType | None = msgspec.UNSET  # why it is degraded (only then)
+    # What is wrong without making the node unready, e.g. a Redis eviction policy that can drop keys.
+    warnings: list[str] = []
     timestamp: str = msgspec.field(default_factory=utc_now)
 
 
@@ -38,12 +40,14 @@ class LiveResponse(msgspec.Struct, kw_only=True):
 @public
 @operation("Readiness: can this node reach its job store?", ok=HealthResponse, responses={503: HealthResponse},
            description="200 with status healthy, or 503 with status degraded and the reason (Redis "
-                       "unreachable). The readiness probe.")
+                       "unreachable). The readiness probe. `warnings` lists problems that do not make the node "
+                       "unready, such as a Redis eviction policy that can drop SecAuto's keys.")
 async def health(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     report: HealthReport = await request.app[SYSTEM].get("heartbeat").ask(CheckHealth(), timeout=3.0)
     body = HealthResponse(success=report.healthy, status="healthy" if report.healthy else "degraded",
-                          node_id=settings.node_id, version=__version__, cluster_mode=request.app[CLUSTER_MODE])
+                          node_id=settings.node_id, version=__version__, cluster_mode=request.app[CLUSTER_MODE],
+                          warnings=list(report.warnings))
     if report.healthy:
         return respond(request, body)
     body.reason = report.reason

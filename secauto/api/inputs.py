@@ -46,6 +46,15 @@ async def read_json(request: web.Request, body_type: Any) -> Any:
         raise ApiError(400, "validation_error", f"malformed JSON: {exc}") from None
 
 
+async def read_optional_json(request: web.Request, body_type: type[T], default: T) -> T:
+    """:func:`read_json` for a route whose body may be left out: ``default`` when there is none."""
+    if not request.body_exists:
+        check_declared(request, "body", body_type)
+        return default
+    body: T = await read_json(request, body_type)
+    return body
+
+
 def parse_query(request: web.Request, query_type: type[T]) -> T:
     """Query parameters as a typed struct (strings converted to numbers where the type says so);
     400 naming the parameter otherwise. A parameter given twice keeps its first value.

@@ -25,6 +25,7 @@ class JobsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status: JobStatus | UnsetType = UNSET
     tag: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType = UNSET
     node: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType = UNSET
+    schedule: Annotated[str, msgspec.Meta(max_length=100)] | UnsetType = UNSET  # jobs a schedule created
     limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
     cursor: Annotated[str, msgspec.Meta(pattern=whole(r"[0-9]{1,20}"))] | UnsetType = UNSET
 
@@ -45,6 +46,8 @@ class JobSummary(msgspec.Struct, kw_only=True):
     retry_count: int
     reason: str | None
     error: str | None
+    schedule: str | None  # the schedule that created it, if any
+    scheduled_for: str | None  # its slot (RFC 3339 UTC)
 
 
 class JobListResponse(msgspec.Struct, kw_only=True):
@@ -64,18 +67,20 @@ def _summary(job: Job) -> JobSummary:
     return JobSummary(id=job.id, status=job.status, priority=job.priority, tags=job.tags,
                       playbook_name=job.playbook_name, submitted_at=job.submitted_at, started_at=job.started_at,
                       completed_at=job.completed_at, assigned_to=job.assigned_to, attempt=job.attempt,
-                      retry_count=job.retry_count, reason=job.reason, error=job.error)
+                      retry_count=job.retry_count, reason=job.reason, error=job.error, schedule=job.schedule,
+                      scheduled_for=job.scheduled_for)
 
 
 @requires("viewer")
-@operation("Jobs, newest first, filtered by status, tag or node, in cursor pages", query=JobsQuery,
+@operation("Jobs, newest first, filtered by status, tag, node or schedule, in cursor pages", query=JobsQuery,
            ok=JobListResponse)
 async def list_jobs(request: web.Request) -> web.StreamResponse:
     """Newest first. ``next_cursor`` continues the listing; it is null once nothing older remains.
     A request reads at most ``operations.MAX_SCAN`` index entries while filtering, so a sparse filter may return
     fewer than ``limit`` jobs together with a cursor to go on from."""
     query = parse_query(request, JobsQuery)
-    wanted = JobFilter(status=_given(query.status), tag=_given(query.tag), node=_given(query.node))
+    wanted = JobFilter(status=_given(query.status), tag=_given(query.tag), node=_given(query.node),
+                       schedule=_given(query.schedule))
     page = await find_jobs(request.app[SYSTEM].get("dispatcher"), wanted, limit=query.limit,
                            cursor=_given(query.cursor))
     return respond(request, JobListResponse(jobs=[_summary(job) for job in page.jobs], next_cursor=page.next_cursor))

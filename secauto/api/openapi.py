@@ -226,7 +226,7 @@ def _operation(route: Route, operation_id: str, schema_of: dict[Any, Any],
     if parameters:
         out["parameters"] = parameters
     if op.body is not None:
-        out["requestBody"] = {"required": True, "content": {JSON: {"schema": schema_of[op.body]}}}
+        out["requestBody"] = {"required": op.body_required, "content": {JSON: {"schema": schema_of[op.body]}}}
 
     errors = set(op.errors)
     if role != "public":

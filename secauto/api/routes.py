@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from secauto.api import cluster, dlq, events, health, jobs, metrics, openapi, playbooks, secrets, webhooks
+from secauto.api import (
+    cluster,
+    dlq,
+    events,
+    health,
+    jobs,
+    metrics,
+    openapi,
+    playbooks,
+    schedules,
+    secrets,
+    webhooks,
+)
 
-ROUTE_MODULES = (health, cluster, jobs, dlq, playbooks, events, webhooks, secrets, metrics, openapi)
+ROUTE_MODULES = (health, cluster, jobs, dlq, playbooks, events, webhooks, schedules, secrets, metrics, openapi)
 RouteEntry = tuple[str, str, Any]
 
 

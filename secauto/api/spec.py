@@ -49,6 +49,7 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     responses: Mapping[int, tuple[Any, ...]]
     media_type: str = JSON  # of the responses listed in ``responses``
     body: Any = None  # the JSON request body's type, if the route takes one
+    body_required: bool = True  # False: the body may be left out (read with read_optional_json)
     query: Any = None  # a Struct whose fields are the query parameters
     path: Mapping[str, Any] = {}  # path parameter -> type
     errors: tuple[int, ...] = ()  # error statuses besides those implied (auth, body, query, store)
@@ -57,7 +58,8 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
 
 def operation(summary: str, *, ok: Any, body: Any = None, query: Any = None, path: Mapping[str, Any] | None = None,
               errors: tuple[int, ...] = (), responses: Mapping[int, Any] | None = None, media_type: str = JSON,
-              tag: str | None = None, store: bool = True, description: str | None = None) -> Callable[[H], H]:
+              tag: str | None = None, store: bool = True, description: str | None = None,
+              body_required: bool = True) -> Callable[[H], H]:
     """Declare what a handler takes and answers.
 
     ``ok`` is the type of the 200 body; ``responses`` adds other statuses with a body of their own
@@ -74,7 +76,8 @@ def operation(summary: str, *, ok: Any, body: Any = None, query: Any = None, pat
         doc = description if description is not None else inspect.getdoc(handler)
         setattr(handler, _OPERATION_ATTR, Operation(
             summary=summary, description=doc, tag=tag or handler.__module__.rpartition(".")[2],
-            responses=merged, media_type=media_type, body=body, query=query, path=dict(path or {}),
+            responses=merged, media_type=media_type, body=body, body_required=body_required, query=query,
+            path=dict(path or {}),
             errors=tuple(sorted(set(errors))), store=store))
         return handler
 

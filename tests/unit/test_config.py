@@ -145,6 +145,21 @@ def test_bad_redis_url_names_the_key(raw: str) -> None:
     ("security:\n  secret_key: too-short\n", "security.secret_key: needs at least 32 characters"),
     ("engine:\n  http_allow: [10.0.0.0/8, 'not a host!']\n", "engine.http_allow[1]: 'not a host!' is not a network"),
     ("engine:\n  http_deny: ['http://x/']\n", "engine.http_deny[0]: 'http://x/' is not a network"),
+    # schedules: every problem names the schedule's index and field
+    ("schedules:\n  - {name: a, cron: '61 * * * *', playbook_name: p}\n", "schedules[0].cron: '61 * * * *': bad minute"),
+    ("schedules:\n  - {name: a, every: 60, playbook_name: p}\n  - {name: b, every: 60, timezone: Mars/Base, "
+     "playbook_name: p}\n", "schedules[1].timezone: unknown time zone 'Mars/Base'"),
+    ("schedules:\n  - {name: a, every: 0.5, playbook_name: p}\n", "schedules[0].every: Expected `float` >= 1.0"),
+    ("schedules:\n  - {name: a, cron: '@daily', every: 60, playbook_name: p}\n",
+     "schedules[0].cron: give exactly one of cron or every"),
+    ("schedules:\n  - {name: a, every: 60}\n", "schedules[0].playbook: give exactly one of playbook or playbook_name"),
+    ("schedules:\n  - {name: a, every: 60, playbook_name: p, colour: red}\n", "schedules[0].colour: unknown key"),
+    ("schedules:\n  - {name: 'a b', every: 60, playbook_name: p}\n", "schedules[0].name: Expected `str` matching"),
+    ("schedules:\n  - {name: a, every: 60, playbook_name: p, overlap: queue}\n",
+     "schedules[0].overlap: Invalid enum value 'queue'"),
+    ("schedules:\n  - {name: a, every: 60, playbook_name: p}\n  - {name: a, every: 60, playbook_name: p}\n",
+     "schedules[1].name: another schedule is already named 'a'"),
+    ("schedules:\n  - {name: a, every: 60, jitter: 60, playbook_name: p}\n", "schedules[0].jitter: must be less"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as error:
@@ -191,6 +206,39 @@ def test_serve_exits_2_with_one_line_on_bad_config(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "secauto: config error: cluster.max_retries: Expected `int`, got `str`"
+
+
+def test_schedules_section(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, """
+schedules:
+  - name: threat-intel
+    every: 900
+    jitter: 30
+    playbook_name: notify_soc
+  - name: compliance-sweep
+    cron: "0 2 * * *"
+    timezone: Europe/Berlin
+    playbook: [{action: log, message: sweep}]
+    overlap: buffer_one
+    catchup: none
+"""), env={})
+    first, second = settings.config.schedules or []
+    assert (first.name, first.every, first.timezone, first.overlap, first.catchup) == (
+        "threat-intel", 900, "UTC", "skip", "latest")
+    assert (second.cron, second.timezone, second.catchup_window, second.enabled) == (
+        "0 2 * * *", "Europe/Berlin", 3600, True)
+    assert load_settings(None, env={}).config.schedules is None  # no key: config schedules left alone
+    assert load_settings(write(tmp_path, "schedules: []\n"), env={}).config.schedules == []
+
+
+def test_serve_exits_2_naming_a_schedule_whose_playbook_is_bad(tmp_path: Path) -> None:
+    path = write(tmp_path, f"security:\n  api_keys: [{KEY}]\n"
+                           "schedules:\n  - {name: a, every: 60, playbook_name: no-such-playbook}\n")
+    proc = subprocess.run([sys.executable, "-m", "secauto", "serve", "--config", str(path), "--port", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("secauto: config error: schedules[0].playbook_name: ")
+    assert "no-such-playbook" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "cluster.yaml"])
