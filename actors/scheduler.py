@@ -268,12 +268,24 @@ class SchedulerActor(Actor):
             log.info("schedule {} skipped slot {} ({})", name, slot, outcome)
 
     async def _release(self, name: str, now: int) -> None:
+        """overlap buffer_one: create the buffered slot's job once the schedule's jobs ended."""
         token = self.token
+        try:
+            stored = await self.store.get(name)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # logged by _fire
         if token is None:
             return
-        result = await self.store.release(token=token, name=name, now_iso=iso_ms(now))
+        if stored is None or stored.state.buffered_slot is None:  # drop the name from the set, atomically
+            await self.store.release(token=token, name=name, slot=None, job=None, event=None, now_iso=iso_ms(now))
+            return
+        entry = self._entry(stored.record, stored.state.buffered_slot, "fire", None, now)
+        job_id = entry.job.id if entry.job is not None else None
+        result = await self.store.release(token=token, name=name, slot=stored.state.buffered_slot, job=entry.job,
+                                          event=entry.event, now_iso=iso_ms(now))
         if result is None:
             self.token = None
-        elif isinstance(result, str):
+        elif result == 2:
             self.ctx.metrics.schedule_fires.labels(schedule=name, outcome="fired").inc()
-            self.log.bind(job_id=result).info("schedule {} fired its buffered slot", name)
+            self.log.bind(job_id=job_id).info("schedule {} fired its buffered slot {}", name,
+                                                    iso_ms(stored.state.buffered_slot))

@@ -48,7 +48,7 @@ class ScheduleState(msgspec.Struct, kw_only=True):
     last_job: str | None = None  # the newest job created (fire or trigger)
     last_fire_slot: str | None = None
     last_fire_at: str | None = None
-    buffered_slot: str | None = None  # overlap buffer_one: the slot waiting for the running job
+    buffered_slot: int | None = None  # overlap buffer_one: the slot (ms) waiting for the running job
 
 
 class StoredSchedule(msgspec.Struct, kw_only=True):
@@ -66,7 +66,7 @@ class FireEntry(msgspec.Struct, frozen=True, kw_only=True):
     event: Event | None = None
 
 
-_STATE_INTS = ("slot", "due", "last_slot")
+_STATE_INTS = ("slot", "due", "last_slot", "buffered_slot")
 
 
 def _text(value: Any) -> str:
@@ -187,16 +187,19 @@ class ScheduleStore:
             return []
         return [_text(item) for item in result[1:]]
 
-    async def release(self, *, token: str, name: str, now_iso: str) -> str | int | None:
-        """Create the buffered slot's job once the schedule's jobs ended (``schedule_release.lua``).
-        Returns the new job id, 0 (nothing buffered), 1 (still waiting), or None when not the leader."""
-        result = await self._release(
+    async def release(self, *, token: str, name: str, slot: int | None, job: Job | None, event: Event | None,
+                      now_iso: str) -> int | None:
+        """Create the job of the buffered ``slot`` once the schedule's jobs ended (``schedule_release.lua``);
+        with no slot, only drop ``name`` from the buffered set if it holds no buffered slot. Returns 2
+        (created), 1 (still waiting), 0 (nothing or another slot buffered), None (not the leader)."""
+        built = [slot, iso_ms(slot), job.id, json_encoder.encode(job), json_encoder.encode(event)] \
+            if slot is not None and job is not None and event is not None else ["", "", "", "", ""]
+        result = int(await self._release(
             keys=self._fire_keys(name),
             args=[token, name, SCHEDULE_HISTORY_MAX, SCHEDULE_ACTIVE_MAX, self.keys.job_prefix, self.keys.node_prefix,
-                  self.queue.dispatch.placement, self._index_ms(), self.keys.channel, self.keys.control, now_iso])
-        if isinstance(result, int):
-            return None if result < 0 else result
-        return _text(result)
+                  self.queue.dispatch.placement, self._index_ms(), self.keys.channel, self.keys.control, now_iso,
+                  *built]))
+        return None if result < 0 else result
 
     async def trigger(self, name: str, job: Job, event: Event, *, now_iso: str) -> bool:
         """Create one job of the schedule now; False for an unknown schedule."""

@@ -146,7 +146,8 @@ def test_bad_redis_url_names_the_key(raw: str) -> None:
     ("engine:\n  http_allow: [10.0.0.0/8, 'not a host!']\n", "engine.http_allow[1]: 'not a host!' is not a network"),
     ("engine:\n  http_deny: ['http://x/']\n", "engine.http_deny[0]: 'http://x/' is not a network"),
     # schedules: every problem names the schedule's index and field
-    ("schedules:\n  - {name: a, cron: '61 * * * *', playbook_name: p}\n", "schedules[0].cron: '61 * * * *': bad minute"),
+    ("schedules:\n  - {name: a, cron: '61 * * * *', playbook_name: p}\n",
+     "schedules[0].cron: '61 * * * *': bad minute"),
     ("schedules:\n  - {name: a, every: 60, playbook_name: p}\n  - {name: b, every: 60, timezone: Mars/Base, "
      "playbook_name: p}\n", "schedules[1].timezone: unknown time zone 'Mars/Base'"),
     ("schedules:\n  - {name: a, every: 0.5, playbook_name: p}\n", "schedules[0].every: Expected `float` >= 1.0"),

@@ -5,6 +5,7 @@ Every test passes fixed instants ("now") to the pure timing functions: nothing w
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -72,7 +73,7 @@ def test_wildcard_expressions_follow_elapsed_time_through_dst() -> None:
                                                       "03:30:00+02:00"]
     autumn = slots_between(quarter, ms(2026, 10, 25, 1, 50), ms(2026, 10, 25, 3, 1))
     # The repeated hour's slots fire in both passes: every 15 minutes of elapsed time, no pause.
-    assert len(autumn) == 9 and all(b - a == 15 * 60_000 for a, b in zip(autumn, autumn[1:], strict=False))
+    assert len(autumn) == 9 and all(b - a == 15 * 60_000 for a, b in itertools.pairwise(autumn))
     hourly = slots_between(berlin("0 * * * *"), ms(2026, 10, 25, 1), ms(2026, 10, 25, 4))
     assert [local(slot)[11:] for slot in hourly] == ["02:00:00+02:00", "02:00:00+01:00", "03:00:00+01:00"]
 
@@ -89,7 +90,7 @@ def test_prev_before_walks_back_over_exactly_the_slots_iter_after_gives(cron: st
         timing = berlin(cron)
         slots = slots_between(timing, start, start + 4 * 86_400_000)
         assert slots
-        for previous, slot in zip(slots, slots[1:], strict=False):
+        for previous, slot in itertools.pairwise(slots):
             assert timing.prev_before(slot) == previous, (cron, local(slot))
             assert timing.prev_before(slot - 1) == previous if slot - 1 > previous else True
 
@@ -135,7 +136,7 @@ def test_every_is_elapsed_time_on_multiples_of_the_interval() -> None:
     start = ms(2026, 10, 25, 1, 50)
     slots = slots_between(every, start, start + 3 * 3_600_000)
     assert all(slot % 900_000 == 0 for slot in slots) and len(slots) == 12
-    assert all(b - a == 900_000 for a, b in zip(slots, slots[1:], strict=False))
+    assert all(b - a == 900_000 for a, b in itertools.pairwise(slots))
     assert every.prev_before(slots[3]) == slots[2] and every.next_after(slots[3]) == slots[4]
     half = Timing.of("fast", cron=None, every=1.5)
     assert half.upcoming(0, 3) == [1500, 3000, 4500]

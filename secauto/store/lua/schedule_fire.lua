@@ -38,8 +38,7 @@ for base = 19, #ARGV, 7 do
     outcome = 'fired'
     if overlap ~= 'allow' and active_jobs(KEYS[6], prefix) > 0 then
       if overlap == 'buffer_one' and not buffered then
-        redis.call('HSET', state, 'buffered_slot', slot_iso, 'buffered_job', id, 'buffered_record', record,
-                   'buffered_event', announcement)
+        redis.call('HSET', state, 'buffered_slot', ARGV[base])
         redis.call('SADD', KEYS[12], name)
         buffered = true
         outcome = 'buffered'
