@@ -191,11 +191,13 @@ class SecautoClient:
             await asyncio.sleep(min(poll, left))
 
     async def list_jobs(self, *, status: str | None = None, tag: str | None = None, node: str | None = None,
-                        limit: int = 50, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+                        limit: int = 50, cursor: str | None = None,
+                        schedule: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """One page of ``GET /cluster/jobs`` (job summaries, newest first) and the cursor of the next
         page (None at the end)."""
         query = {key: value for key, value in (("status", status), ("tag", tag), ("node", node),
-                                               ("limit", str(limit)), ("cursor", cursor)) if value is not None}
+                                               ("schedule", schedule), ("limit", str(limit)), ("cursor", cursor))
+                 if value is not None}
         answer = await self._request("GET", "/cluster/jobs?" + urlencode(query))
         cursor_next = answer.get("next_cursor")
         return list(self._field(answer, "jobs", list)), cursor_next if isinstance(cursor_next, str) else None
@@ -241,6 +243,49 @@ class SecautoClient:
                         yield dict(_decode(line[6:]))
         except aiohttp.ClientError as exc:
             raise SecautoError(0, "connection_error", f"event stream: {exc or type(exc).__name__}") from exc
+
+    # -- schedules ------------------------------------------------------------------------------------
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule (``GET /schedules``): definition, ``paused``, ``next_fires``, ``last_fire``."""
+        answer = await self._request("GET", "/schedules")
+        return list(self._field(answer, "schedules", list))
+
+    async def schedule(self, name: str) -> dict[str, Any]:
+        """One schedule with its ``history`` (``GET /schedules/{name}``); 404 raises SecautoError."""
+        answer = await self._request("GET", f"/schedules/{quote(name, safe='')}")
+        return dict(self._field(answer, "schedule", dict))
+
+    async def create_schedule(self, definition: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /schedules`` (409 if the name exists). ``definition`` has ``name``, ``cron`` or
+        ``every``, the job fields and the options of the README's Schedules section."""
+        answer = await self._request("POST", "/schedules", dict(definition))
+        return dict(self._field(answer, "schedule", dict))
+
+    async def put_schedule(self, name: str, definition: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT /schedules/{name}``: create or replace (409 managed_by_config for config schedules)."""
+        answer = await self._request("PUT", f"/schedules/{quote(name, safe='')}", dict(definition))
+        return dict(self._field(answer, "schedule", dict))
+
+    async def delete_schedule(self, name: str) -> dict[str, Any]:
+        return await self._request("DELETE", f"/schedules/{quote(name, safe='')}")
+
+    async def pause_schedule(self, name: str, note: str | None = None) -> dict[str, Any]:
+        """Pause: its slots are recorded ``paused`` until :meth:`resume_schedule`."""
+        body = {"note": note} if note else None
+        answer = await self._request("POST", f"/schedules/{quote(name, safe='')}/pause", body)
+        return dict(self._field(answer, "schedule", dict))
+
+    async def resume_schedule(self, name: str, note: str | None = None) -> dict[str, Any]:
+        """Resume from now: the slots that passed while paused do not fire."""
+        body = {"note": note} if note else None
+        answer = await self._request("POST", f"/schedules/{quote(name, safe='')}/resume", body)
+        return dict(self._field(answer, "schedule", dict))
+
+    async def trigger_schedule(self, name: str) -> str:
+        """Run one job of the schedule now; returns its id."""
+        answer = await self._request("POST", f"/schedules/{quote(name, safe='')}/trigger")
+        return str(self._field(answer, "job_id", str))
 
     # -- cluster and health ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Client commands of the ``secauto`` command line: ``submit``, ``jobs``, ``cluster``, ``dlq``, ``events``.
+"""Client commands of the ``secauto`` command line: ``submit``, ``jobs``, ``cluster``, ``dlq``, ``events``,
+``schedules``, ``pause``, ``resume``, ``trigger``.
 
 They talk to a node given by ``--url`` (default ``$SECAUTO_URL``, else http://localhost:8080) with the
 key in ``$SECAUTO_API_KEY`` (or ``--api-key``). Output is a human table by default and JSON with
@@ -63,13 +64,26 @@ def add_client_commands(commands: Any) -> None:
     dlq.add_argument("--limit", type=int, default=50)
     common(dlq)
 
+    schedules = commands.add_parser("schedules", help="list schedules, or show one with its history")
+    schedules.add_argument("name", nargs="?", help="show this schedule")
+    common(schedules)
+
+    for verb, text in (("pause", "pause a schedule (its slots are recorded paused)"),
+                       ("resume", "resume a paused schedule from now"),
+                       ("trigger", "run one job of a schedule now")):
+        command = commands.add_parser(verb, help=text)
+        command.add_argument("name", help="the schedule")
+        if verb != "trigger":
+            command.add_argument("--note", default=None, help="why (shown with the schedule)")
+        common(command)
+
     events = commands.add_parser("events", help="follow the cluster's events (Ctrl-C to stop)")
     events.add_argument("--job", default=None, help="only this job's events")
     events.add_argument("--type", default=None, help="an event type, or a family like job.")
     common(events)
 
 
-CLIENT_COMMANDS = frozenset({"submit", "jobs", "cluster", "dlq", "events"})
+CLIENT_COMMANDS = frozenset({"submit", "jobs", "cluster", "dlq", "events", "schedules", "pause", "resume", "trigger"})
 
 
 def run_client_command(args: argparse.Namespace) -> int:
@@ -78,7 +92,8 @@ def run_client_command(args: argparse.Namespace) -> int:
     if not key:
         print("secauto: set SECAUTO_API_KEY (or pass --api-key)", file=sys.stderr)
         return EXIT_USAGE
-    handlers = {"submit": _submit, "jobs": _jobs, "cluster": _cluster, "dlq": _dlq, "events": _events}
+    handlers = {"submit": _submit, "jobs": _jobs, "cluster": _cluster, "dlq": _dlq, "events": _events,
+                "schedules": _schedules, "pause": _pause, "resume": _pause, "trigger": _trigger}
     try:
         return asyncio.run(_with_client(args, key, handlers[args.command]))
     except UsageError as exc:
@@ -255,4 +270,60 @@ async def _events(client: SecautoClient, args: argparse.Namespace) -> int:
                              if event.get(key) is not None)
             sys.stdout.write(f"{event['timestamp']}  {event['type']:17} {extra}\n")
         sys.stdout.flush()
+    return EXIT_OK
+
+
+def _timing(schedule: dict[str, Any]) -> str:
+    if schedule.get("cron"):
+        zone = schedule.get("timezone") or "UTC"
+        return f"{schedule['cron']} ({zone})" if zone != "UTC" else str(schedule["cron"])
+    return f"every {schedule.get('every'):g}s"
+
+
+async def _schedules(client: SecautoClient, args: argparse.Namespace) -> int:
+    if args.name:
+        schedule = await client.schedule(args.name)
+        if args.json:
+            _emit(schedule)
+            return EXIT_OK
+        state = "paused" + (f" ({schedule['pause_note']})" if schedule.get("pause_note") else "") \
+            if schedule["paused"] else ("enabled" if schedule["enabled"] else "disabled")
+        last = schedule.get("last_fire") or {}
+        for label, value in (("name", schedule["name"]), ("timing", _timing(schedule)), ("state", state),
+                             ("managed_by", schedule["managed_by"]),
+                             ("playbook", schedule.get("playbook_name") or "(inline)"),
+                             ("overlap", schedule["overlap"]),
+                             ("catchup", f"{schedule['catchup']} (window {schedule['catchup_window']:g}s)"),
+                             ("last_fire", f"{last.get('slot')} {last.get('job_id')}" if last else "-"),
+                             ("next_fires", ", ".join(schedule["next_fires"]) or "-")):
+            print(f"{label:11} {value}")
+        if schedule["history"]:
+            print()
+            table([[entry["slot"] + (f" .. {entry['until']}" if entry.get("until") else ""), entry["outcome"],
+                    entry.get("job_id") or "-"] for entry in schedule["history"]], ["SLOT", "OUTCOME", "JOB"])
+        return EXIT_OK
+    schedules = await client.schedules()
+    if args.json:
+        _emit({"schedules": schedules})
+        return EXIT_OK
+    table([[item["name"], _timing(item), "paused" if item["paused"] else ("on" if item["enabled"] else "off"),
+            (item["next_fires"] or ["-"])[0], (item.get("last_fire") or {}).get("slot") or "-", item["managed_by"]]
+           for item in schedules], ["SCHEDULE", "TIMING", "STATE", "NEXT", "LAST FIRE", "MANAGED BY"])
+    return EXIT_OK
+
+
+async def _pause(client: SecautoClient, args: argparse.Namespace) -> int:
+    schedule = await (client.pause_schedule(args.name, args.note) if args.command == "pause"
+                      else client.resume_schedule(args.name, args.note))
+    if args.json:
+        _emit(schedule)
+    else:
+        nxt = (schedule["next_fires"] or ["-"])[0]
+        print(f"{args.name}: paused" if schedule["paused"] else f"{args.name}: running, next {nxt}")
+    return EXIT_OK
+
+
+async def _trigger(client: SecautoClient, args: argparse.Namespace) -> int:
+    job_id = await client.trigger_schedule(args.name)
+    _emit({"schedule": args.name, "job_id": job_id}) if args.json else print(job_id)
     return EXIT_OK

@@ -27,6 +27,8 @@ def node_url(tmp_path: Path, process_factory: Any) -> Iterator[str]:
         "cluster": {"node_id": "cli-node", "retry_backoff": 0.05},
         "security": {"api_keys": [KEY]},
         "engine": {"scripts_dir": str(REPO / "automations"), "playbooks_dir": str(REPO / "playbooks")},
+        "schedules": [{"name": "nightly-sweep", "cron": "0 3 * * *", "timezone": "Europe/Berlin",
+                       "playbook": [{"action": "log", "message": "sweep"}]}],
     })
     proc = process_factory(config, name="cli-node")
     proc.wait_http_sync(timeout=30)
@@ -107,6 +109,25 @@ def test_events_follow_a_job(node_url: str) -> None:
     finally:
         follower.terminate()
         follower.wait(timeout=10)
+
+
+def test_schedules_pause_resume_trigger(node_url: str) -> None:
+    listed = secauto(node_url, "schedules")
+    assert listed.returncode == 0, listed.stderr
+    assert "SCHEDULE" in listed.stdout and "nightly-sweep" in listed.stdout
+    assert "0 3 * * * (Europe/Berlin)" in listed.stdout
+    paused = secauto(node_url, "pause", "nightly-sweep", "--note", "change freeze")
+    assert paused.returncode == 0 and paused.stdout.strip() == "nightly-sweep: paused"
+    job_id = secauto(node_url, "trigger", "nightly-sweep").stdout.strip()
+    assert job_id.startswith("job-")
+    shown = secauto(node_url, "schedules", "nightly-sweep")
+    assert "paused (change freeze)" in shown.stdout and "triggered" in shown.stdout and job_id in shown.stdout
+    resumed = secauto(node_url, "resume", "nightly-sweep", "--json")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["paused"] is False
+    detail = json.loads(secauto(node_url, "schedules", "nightly-sweep", "--json").stdout)
+    assert detail["next_fires"][0].endswith(("T01:00:00.000Z", "T02:00:00.000Z"))  # 03:00 Berlin, CET or CEST
+    missing = secauto(node_url, "trigger", "no-such")
+    assert missing.returncode == 1 and "404" in missing.stderr
 
 
 def test_usage_errors(node_url: str) -> None:

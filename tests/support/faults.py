@@ -96,9 +96,10 @@ def write_scripts(folder: Path) -> Path:
 
 def node_config(path: Path, *, node_id: str, port: int, redis_url: str, cluster_name: str, scripts_dir: Path,
                 cluster: Mapping[str, Any] | None = None, server: Mapping[str, Any] | None = None,
-                log_level: str = "info") -> Path:
-    """Write a node config (JSON logs on stdout, the test API key, FAST_CLUSTER timings + overrides)."""
-    return write_config(path, {
+                log_level: str = "info", extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a node config (JSON logs on stdout, the test API key, FAST_CLUSTER timings + overrides;
+    ``extra`` adds top-level sections such as ``schedules``)."""
+    return write_config(path, {**(extra or {}),
         "server": {"host": "127.0.0.1", "port": port, "shutdown_grace": SHUTDOWN_GRACE, **(server or {})},
         "cluster": {"enabled": True, "redis_url": redis_url, "node_id": node_id, "cluster_name": cluster_name,
                     **FAST_CLUSTER, **(cluster or {})},
@@ -348,20 +349,22 @@ class FaultEnv:
         self.nodes: dict[str, NodeHandle] = {}
 
     def spawn(self, name: str, *, cluster: Mapping[str, Any] | None = None,
-              server: Mapping[str, Any] | None = None) -> NodeHandle:
+              server: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> NodeHandle:
         from tests.support.ports import free_port
 
         port = free_port()
         config = node_config(self.tmp_path / f"{name}.yaml", node_id=name, port=port, redis_url=self.redis_url,
-                             cluster_name=self.cluster, scripts_dir=self.scripts, cluster=cluster, server=server)
+                             cluster_name=self.cluster, scripts_dir=self.scripts, cluster=cluster, server=server,
+                             extra=extra)
         handle = NodeHandle(name, port, self.factory(config, name=name), config)
         self.nodes[name] = handle
         return handle
 
     async def start(self, *names: str, cluster: Mapping[str, Any] | None = None,
-                    server: Mapping[str, Any] | None = None, timeout: float = 30.0) -> list[NodeHandle]:
+                    server: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+                    timeout: float = 30.0) -> list[NodeHandle]:
         """Start nodes in parallel and wait until each answers /health (Redis reachable)."""
-        handles = [self.spawn(name, cluster=cluster, server=server) for name in names]
+        handles = [self.spawn(name, cluster=cluster, server=server, extra=extra) for name in names]
         await asyncio.gather(*(handle.proc.wait_http(timeout=timeout, path="/health") for handle in handles))
         return handles
 

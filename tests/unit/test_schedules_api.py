@@ -107,7 +107,7 @@ async def test_roles(node: Node) -> None:
 
 
 async def test_a_job_not_from_a_schedule_shows_null_schedule_fields(node: Node) -> None:
-    status, answer = await call(node, "POST", "/cluster/jobs", {"playbook": LOG})
+    _, answer = await call(node, "POST", "/cluster/jobs", {"playbook": LOG})
     job_id = answer["job_id"]
     async with asyncio.timeout(5):
         while (await call(node, "GET", f"/cluster/jobs/{job_id}"))[1]["job"]["status"] != "completed":
