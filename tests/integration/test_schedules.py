@@ -315,3 +315,48 @@ async def test_eviction_policy_refuses_to_start_or_is_explained(redis_process_fa
     async with running_node(node_settings("managed", redis_url=refused.url, cluster_name=CLUSTER)) as managed, \
             aiohttp.ClientSession() as http, http.get(f"{managed.url}/health") as response:
         assert response.status == 200 and (await response.json())["warnings"] == []
+
+
+async def test_the_fire_script_is_fenced_by_token_slot_revision_and_pause(redis_client: redis.asyncio.Redis) -> None:
+    from secauto.models import make_event
+    from secauto.schedules.definition import ScheduleRecord, schedule_job, slot_job_id
+    from secauto.schedules.spec import ScheduleSpec
+    from secauto.store.jobs import JobQueue
+    from secauto.store.keys import Keys
+    from secauto.store.schedules import FireEntry, ScheduleStore
+
+    store = ScheduleStore(JobQueue(redis_client, Keys(CLUSTER)))
+    record = ScheduleRecord(spec=ScheduleSpec(name="fenced", every=60, playbook=QUICK), steps=QUICK)
+    now = await store.redis_time()
+    slot = record.timing.next_after(now - 120_000)  # a slot that is already due
+    assert await store.upsert(record, source="api", mode="create", def_hash="d1", timing_hash="t1", first_slot=slot,
+                              first_due=slot, now_iso="x") == "created"
+    await redis_client.set(f"secauto:leader:{CLUSTER}", "node-1:token")
+    job = schedule_job(record, job_id=slot_job_id(CLUSTER, "fenced", slot), slot=slot, now_ms=now, node_id="node-1",
+                       default_max_retries=0)
+    entry = FireEntry(slot=slot, intent="fire", job=job, event=make_event("job.submitted", job_id=job.id))
+
+    async def fire(token: str, **changes: Any) -> list[str] | None:
+        stored = await store.get("fenced")
+        assert stored is not None
+        state = msgspec.structs.replace(stored.state, **changes)
+        return await store.fire(token=token, name="fenced", state=state, overlap="allow", entries=[entry],
+                                next_slot=slot + 60_000, next_due=slot + 60_000, now_iso="x")
+
+    assert await fire("node-2:other") is None  # a deposed leader
+    assert await fire("node-1:token", rev="7") == []  # planned with another revision of the definition
+    assert await fire("node-1:token", paused=True) == []  # planned while it was paused
+    assert await fire("node-1:token", slot=slot - 60_000) == []  # planned for another pending slot
+    assert await redis_client.exists(f"secauto:job:{job.id}") == 0
+    assert await fire("node-1:token") == ["fired"]
+    assert await redis_client.exists(f"secauto:job:{job.id}") == 1
+    # The same plan again (a retry after a lost answer, or a second leader) finds the slot moved on.
+    assert await fire("node-1:token", slot=slot) == []
+    assert [entry["outcome"] for entry in await history(redis_client, "fenced")] == ["fired"]
+    state = await redis_client.hgetall(f"secauto:schedule:{CLUSTER}:fenced")
+    assert int(state[b"slot"]) == slot + 60_000 and int(state[b"last_slot"]) == slot
+    # An upsert of the same definition changes nothing; a new timing cannot move back onto a handled slot.
+    assert await store.upsert(record, source="api", mode="replace", def_hash="d1", timing_hash="t1", first_slot=0,
+                              first_due=0, now_iso="x") == "unchanged"
+    assert await store.upsert(record, source="api", mode="replace", def_hash="d2", timing_hash="t2", first_slot=slot,
+                              first_due=slot, now_iso="x") == "stale"
