@@ -189,7 +189,20 @@ def _max_concurrent(jobs: list[dict[str, Any]]) -> int:
 
 async def test_pause_resume_and_trigger(redis_url: str, redis_client: redis.asyncio.Redis,
                                         session: aiohttp.ClientSession) -> None:
+    events: list[dict[str, Any]] = []
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(f"secauto:events:{CLUSTER}")
+
+    async def collect() -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message["data"].startswith(b'{"type":"schedule.'):
+                events.append(msgspec.json.decode(message["data"]))
+
+    collector = asyncio.create_task(collect())
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(pubsub.aclose)
+        stack.callback(collector.cancel)
         nodes = await start_nodes(stack, redis_url, ["node-1", "node-2"],
                                   schedules=[every_second("cfg", overlap="allow")])
         url = f"{nodes[1].url}/schedules/cfg"
@@ -222,6 +235,14 @@ async def test_pause_resume_and_trigger(redis_url: str, redis_client: redis.asyn
                                  if entry["outcome"] != "triggered"])
         triggered_job = next(job for job in jobs if job["id"] == triggered)
         assert triggered_job["submitted_by"] == "admin" and triggered_job["schedule"] == "cfg"
+        # Events: each fire and each paused slot, with the schedule and the slot.
+        kinds = collections.Counter((event["type"], event.get("reason")) for event in events)
+        assert kinds[("schedule.fired", "triggered")] == 1 and kinds[("schedule.skipped", "paused")] >= 2
+        fired_events = {event["scheduled_for"]: event["job_id"] for event in events
+                        if event["type"] == "schedule.fired" and event.get("reason") is None}
+        assert all(fired_events[job["scheduled_for"]] == job["id"] for job in jobs
+                   if job["id"] != triggered and job["scheduled_for"] in fired_events)
+        assert all(event["schedule"] == "cfg" for event in events)
         # The job listing filters by schedule.
         async with session.get(f"{nodes[0].url}/cluster/jobs?schedule=cfg&limit=200", headers=auth()) as response:
             listed = (await response.json())["jobs"]
