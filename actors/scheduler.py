@@ -8,8 +8,9 @@ earliest pending slots, plans each due schedule (:func:`secauto.schedules.plan.p
 the plan to one Lua script that checks the lease token, the pending slot and the definition's revision
 before it creates jobs, records the outcomes and moves the pending slot. A stale plan (another node
 changed the schedule meanwhile) is dropped and planned again on the next tick; a refused token means
-this node was deposed and it stops firing until told otherwise. Redis errors are logged and retried on
-the next tick; they never crash the actor.
+this node was deposed and it stops firing until told otherwise. Redis errors (unreachable, or a primary
+being demoted) are logged and retried on the next tick, and a script error is logged for its schedule
+alone; they never crash the actor.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
@@ -49,7 +51,8 @@ from secauto.store.schedules import FireEntry, PauseResult, ScheduleStore, Upser
 
 TICK_S = 1.0  # the longest a new or changed schedule waits before the leader looks at it
 DUE_BATCH = 200  # pending slots read per tick (more are read at once if all of them were due)
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+# Redis unreachable, or a primary being demoted (Sentinel failover): try again on the next tick.
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 _STALE_RETRIES = 3
 
 
@@ -188,7 +191,13 @@ class SchedulerActor(Actor):
             for name, due in pending:
                 if due > now or self.token is None:
                     break
-                await self._fire(name, now)
+                try:
+                    await self._fire(name, now)
+                except ResponseError as exc:
+                    if isinstance(exc, ReadOnlyError):
+                        raise
+                    # One schedule's failing script must not stop the others; it is tried again next tick.
+                    self.log.error("schedule {} could not be fired: {}", name, exc)
             if self.token is not None:
                 for name in await self.store.buffered():
                     await self._release(name, now)
