@@ -48,9 +48,9 @@ from secauto.store.connection import open_embedded, open_redis
 from secauto.store.jobs import DispatchPolicy, JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
-from secauto.store.secrets import SecretStore
 from secauto.store.safety import check_eviction
 from secauto.store.schedules import ScheduleStore
+from secauto.store.secrets import SecretStore
 from secauto.store.sessions import LoginThrottle, SessionStore
 from secauto.store.webhooks import WebhookSpec, WebhookStore
 from secauto.ui.app import create_ui_app, mount_ui
