@@ -9,9 +9,9 @@ when the executor frees slots, and on a slow poll that only covers lost notifica
 more jobs than free slots, so no job waits behind a busy node (no prefetch). Redis errors during a
 claim are logged and retried on the next wake-up or poll; they never crash the actor. It also forwards
 ``job.cancelled`` events that name this node to the executor, which stops that attempt, and
-membership events to discovery: a node keeps one subscription to the control channel, however many
-actors care. (The public event channel carries 3 events per job; with every node decoding all of
-them, nodes would spend their CPU on other nodes' jobs.)
+membership events to discovery and ``keys.changed`` notices to the keys actor: a node keeps one
+subscription to the control channel, however many actors care. (The public event channel carries 3
+events per job; with every node decoding all of them, nodes would spend their CPU on other nodes' jobs.)
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError
+from actors.keys import ReloadKeys
 from actors.messages import (
     CancelJob,
     ForgetJob,
@@ -45,6 +46,7 @@ from actors.messages import (
 )
 from actors.submit_writer import SubmitWriter
 from secauto.models import event_decoder
+from secauto.store.apikeys import KEYS_CHANGED
 from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
 
 WAKE = b"wake"  # on the control channel: jobs became claimable (see store/lua/lib.lua)
@@ -60,10 +62,12 @@ class DispatcherActor(Actor):
     # Unbounded: every JobsFinished must arrive (slot accounting), and Wake is coalesced anyway.
     mailbox_size = 0
 
-    def __init__(self, ctx: NodeContext, executor_name: str = "executor", discovery_name: str = "discovery") -> None:
+    def __init__(self, ctx: NodeContext, executor_name: str = "executor", discovery_name: str = "discovery",
+                 keys_name: str = "keys") -> None:
         self.ctx = ctx
         self.executor_name = executor_name
         self.discovery_name = discovery_name
+        self.keys_name = keys_name
         self.in_flight = 0  # claimed and not yet finished on this node
         self.claiming = True
         self._wake_queued = False
@@ -141,6 +145,8 @@ class DispatcherActor(Actor):
                 event = event_decoder.decode(payload)
                 if event.node_id == self.ctx.node_id and event.job_id:
                     self.system.get(self.executor_name).tell(StopAttempts([event.job_id], "job cancelled"))
+            elif payload == KEYS_CHANGED:
+                self._tell_quietly(self.keys_name, ReloadKeys())
             if payload == RESUBSCRIBED or payload.startswith(_MEMBERSHIP_PREFIXES):
                 self._forward_membership(payload)
 
@@ -148,8 +154,13 @@ class DispatcherActor(Actor):
         """The node's one subscription also feeds discovery (membership and leadership events)."""
         # Before discovery is spawned, or once it stopped (shutdown), there is nobody to tell; it reads the
         # registry when it starts.
+        self._tell_quietly(self.discovery_name, MembershipEvent(payload))
+
+    def _tell_quietly(self, name: str, message: Any) -> None:
+        """Tell actor ``name`` if it runs (it reads the store itself when it starts, and the keys actor
+        also polls, so a notice it misses is not lost for good)."""
         with contextlib.suppress(KeyError, ActorDeadError):
-            self.system.get(self.discovery_name).tell(MembershipEvent(payload))
+            self.system.get(name).tell(message)
 
     async def _claim(self) -> None:
         """Claim while there are free slots and the queue gives jobs; hand them to the executor."""

@@ -7,6 +7,7 @@ as one :class:`ConfigError` line naming the key (``cluster.heartbeat_interval: E
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -48,6 +49,12 @@ class ServerConfig(_Section):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     # How long SIGTERM waits for running jobs before handing the rest back.
     shutdown_grace: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # HTTPS: PEM files of the certificate (chain) and its private key; both or neither.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Peers (CIDRs or addresses) whose X-Forwarded-For is believed for the client address in the audit
+    # trail; from anyone else the header is ignored.
+    trusted_proxies: list[str] = []
 
 
 class ClusterConfig(_Section):
@@ -96,6 +103,21 @@ class ClusterConfig(_Section):
     # Start even if Redis' maxmemory-policy may evict keys (anything but noeviction): jobs, node records
     # and leases could vanish. Without it such a node refuses to start.
     allow_eviction: bool = False
+    # rediss:// (TLS to Redis): the CA bundle that signed the server's certificate (empty: the system's
+    # trust store), and a client certificate and key when the server asks for one (tls-auth-clients).
+    redis_ca_file: str = ""
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
+
+
+class RateLimit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """A token bucket: ``per_second`` requests on average, bursts of up to ``burst``."""
+
+    per_second: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
+    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+
+
+MaxPending = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
 
 
 class ApiKeyConfig(_Section):
@@ -103,6 +125,8 @@ class ApiKeyConfig(_Section):
     key: str = ""
     key_sha256: str = ""
     role: Role = "admin"
+    rate_limit: RateLimit | None = None  # overrides security.rate_limit for this key
+    max_pending: MaxPending | None = None  # jobs waiting, pending or running that this key submitted
 
 
 class SecurityConfig(_Section):
@@ -110,6 +134,11 @@ class SecurityConfig(_Section):
     # Encrypts the stored secrets (POST /secrets); at least 32 characters, the same on every node.
     # Empty: this node cannot store or use secrets. $SECAUTO_SECRET_KEY overrides it.
     secret_key: str = ""
+    # Per key, on each node (see README "Security"); null: no limit.
+    rate_limit: RateLimit | None = None
+    # The audit stream keeps entries this long (seconds) and at most audit_max_entries of them.
+    audit_retention: Seconds = 30 * 86400.0
+    audit_max_entries: Annotated[int, msgspec.Meta(ge=100, le=100_000_000)] = 1_000_000
 
 
 class EngineConfig(_Section):
@@ -173,12 +202,22 @@ class Config(_Section):
     schedules: list[ScheduleSpec] | None = None
 
 
-class ApiKey(msgspec.Struct, frozen=True):
-    """A usable API key: only the SHA-256 of the secret is kept after loading."""
+KeySource = Literal["config", "api"]
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A usable API key: only the SHA-256 of the secret is kept after loading (config) or creation (API)."""
 
     name: str
     sha256: bytes
     role: Role
+    source: KeySource = "config"
+    expires_at: float | None = None  # Unix seconds; None: never
+    rate_limit: RateLimit | None = None  # None: security.rate_limit applies
+    max_pending: int | None = None  # None: no quota
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
 
 class RedisTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,6 +229,9 @@ class RedisTarget(msgspec.Struct, frozen=True, kw_only=True):
     service_name: str = ""
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 class Settings(msgspec.Struct, kw_only=True):
     """The loaded configuration plus what was derived from it at start."""
 
@@ -199,6 +241,12 @@ class Settings(msgspec.Struct, kw_only=True):
     generated_api_key: str | None  # set when no key was configured; printed once at start
     redis: RedisTarget
     base_dir: Path  # relative engine paths resolve against this
+    trusted_proxies: tuple[Network, ...] = ()  # server.trusted_proxies, parsed
+
+    @property
+    def tls(self) -> bool:
+        """Whether the node serves HTTPS (server.tls_cert and server.tls_key)."""
+        return bool(self.config.server.tls_cert)
 
     @property
     def scripts_dir(self) -> Path:
@@ -211,6 +259,10 @@ class Settings(msgspec.Struct, kw_only=True):
     @property
     def python(self) -> str:
         return self.config.engine.python or sys.executable
+
+    def file(self, value: str) -> Path:
+        """A configured file path (TLS certificates, CA bundles), relative ones against ``base_dir``."""
+        return (self.base_dir / value).resolve()
 
 
 class CliOverrides(msgspec.Struct, kw_only=True):
@@ -381,6 +433,8 @@ def _api_keys(security: SecurityConfig) -> tuple[ApiKey, ...]:
                 raise ConfigError(f"{where}: an API key needs at least 16 characters")
             keys.append(ApiKey(name=f"key{index}", sha256=hash_key(item), role="admin"))
             continue
+        if item.name and not _NAME_RE.match(item.name):
+            raise ConfigError(f"{where}.name: {item.name!r} must match {NAME_PATTERN}")
         if bool(item.key) == bool(item.key_sha256):
             raise ConfigError(f"{where}: give exactly one of key or key_sha256")
         if item.key:
@@ -394,7 +448,14 @@ def _api_keys(security: SecurityConfig) -> tuple[ApiKey, ...]:
                 digest = b""
             if len(digest) != 32:
                 raise ConfigError(f"{where}.key_sha256: must be 64 hex characters")
-        keys.append(ApiKey(name=item.name or f"key{index}", sha256=digest, role=item.role))
+        keys.append(ApiKey(name=item.name or f"key{index}", sha256=digest, role=item.role,
+                           rate_limit=item.rate_limit, max_pending=item.max_pending))
+    seen: set[str] = set()
+    for key in keys:
+        if key.name in seen:
+            # Names identify keys in the audit trail, in rate limits and quotas, and in DELETE /keys/{name}.
+            raise ConfigError(f"security.api_keys: two keys are named {key.name!r}; names must be unique")
+        seen.add(key.name)
     return tuple(keys)
 
 
@@ -481,6 +542,20 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
         raise ConfigError(f"engine.{exc}") from None
     _check_schedules(config.schedules or [])
     keys = _api_keys(config.security)
+    server = config.server
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise ConfigError("server.tls_cert, server.tls_key: give both (HTTPS) or neither (HTTP)")
+    if bool(cluster.redis_cert_file) != bool(cluster.redis_key_file):
+        raise ConfigError("cluster.redis_cert_file, cluster.redis_key_file: give both or neither")
+    if (cluster.redis_ca_file or cluster.redis_cert_file) and not cluster.redis_url.strip().startswith("rediss://"):
+        raise ConfigError("cluster.redis_ca_file, cluster.redis_cert_file: only for a rediss:// redis_url")
+    proxies = []
+    for index, entry in enumerate(server.trusted_proxies):
+        try:
+            proxies.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies[{index}]: {entry!r} is not an IP address or CIDR "
+                              "network") from None
     generated = None
     if not keys:
         generated = secrets.token_urlsafe(32)
@@ -491,7 +566,7 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
     else:
         redis = parse_redis_url(cluster.redis_url, password=cluster.redis_password, db=cluster.redis_db)
     return Settings(config=config, node_id=node_id, api_keys=keys, generated_api_key=generated, redis=redis,
-                    base_dir=base_dir.resolve())
+                    base_dir=base_dir.resolve(), trusted_proxies=tuple(proxies))
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:

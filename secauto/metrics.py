@@ -60,6 +60,10 @@ class NodeMetrics:
         self.schedule_fires = Counter("secauto_schedule_fires", "Schedule slots handled by this node, by schedule "
                                       "and outcome (fired, triggered, skipped_overlap, missed, paused)",
                                       ["schedule", "outcome"], registry=registry)
+        self.audit_entries = Counter("secauto_audit_entries", "Audit entries stored (written) or lost to a full "
+                                     "buffer while Redis was unreachable (dropped)", ["result"], registry=registry)
+        self.rate_limited = Counter("secauto_rate_limited", "Requests refused by a per-key rate limit or quota",
+                                    ["code"], registry=registry)
         self.http_requests = Counter("secauto_http_requests", "HTTP requests by route, method and status",
                                      ["route", "method", "status"], registry=registry)
         self._requests: dict[tuple[str, str, int], Any] = {}  # labelled children of http_requests

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import ssl
 
 from aiohttp import web
 from loguru import logger
@@ -23,12 +24,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from actors.audit import AuditActor
 from actors.context import NodeContext
 from actors.core import ActorRef, ActorSystem, NodeFatalError
 from actors.discovery import DiscoveryActor
 from actors.dispatcher import DispatcherActor
 from actors.executor import ExecutorActor
 from actors.heartbeat import HeartbeatActor
+from actors.keys import KeysActor
 from actors.messages import ExecutorStats, GetStats, HandBack, SetStatus, StopClaiming
 from actors.reaper import ReaperActor
 from actors.scheduler import SchedulerActor
@@ -39,12 +42,15 @@ from secauto.api.state import EventSource
 from secauto.config import ConfigError, Settings
 from secauto.engine import EngineSettings, PlaybookInvalid
 from secauto.engine.netguard import http_policy
+from secauto.keyring import KeyRing
 from secauto.metrics import NodeMetrics
 from secauto.models import utc_now
 from secauto.redaction import install_log_redaction
 from secauto.schedules.definition import ScheduleRecord, resolve_steps
 from secauto.secret_cipher import SecretCipher
-from secauto.store.connection import open_embedded, open_redis
+from secauto.store.apikeys import KeyStore
+from secauto.store.audit import AuditStore
+from secauto.store.connection import open_embedded, open_redis, redis_tls_options
 from secauto.store.jobs import DispatchPolicy, JobQueue, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
@@ -98,6 +104,21 @@ def config_schedules(settings: Settings, engine: EngineSettings) -> list[Schedul
     return records
 
 
+def server_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS context of ``server.tls_cert`` / ``server.tls_key`` (TLS 1.2 or newer), or None for
+    plain HTTP. Raises ConfigError naming the key when a file is missing or not a matching PEM pair."""
+    server = settings.config.server
+    if not server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.file(server.tls_cert), settings.file(server.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"server.tls_cert, server.tls_key: cannot load the certificate and key ({exc})") from None
+    return context
+
+
 def _advertised_host(bind_host: str) -> str:
     return socket.gethostname() if bind_host in ("", "0.0.0.0", "::") else bind_host
 
@@ -115,13 +136,14 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._socket: socket.socket | None = None
         self.port = settings.config.server.port
+        self.keyring = KeyRing(settings.api_keys)
         self.log = logger.bind(component="node", node_id=settings.node_id)
 
     @property
     def url(self) -> str:
         host = self.settings.config.server.host
         host = "127.0.0.1" if host in ("", "0.0.0.0", "localhost") else host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.settings.tls else 'http'}://{host}:{self.port}"
 
     @property
     def redis(self) -> Redis:
@@ -134,7 +156,8 @@ class Node:
         settings = self.settings
         cluster = settings.config.cluster
         if self._redis is None:
-            self._redis = (open_redis(settings.redis, password=cluster.redis_password, db=cluster.redis_db)
+            self._redis = (open_redis(settings.redis, password=cluster.redis_password, db=cluster.redis_db,
+                                      tls=redis_tls_options(settings))
                            if self.cluster_mode else open_embedded())
         try:
             await self._start(settings, cluster.cluster_name)
@@ -151,9 +174,17 @@ class Node:
         schedules = config_schedules(settings, engine)
         if self.cluster_mode:
             await self._check_storage()
+        tls = server_tls_context(settings)
         self._socket = socket.create_server((server.host, server.port), reuse_port=False)
         self.port = self._socket.getsockname()[1]
         keys = Keys(cluster_name)
+        security = settings.config.security
+        key_store = KeyStore(self.redis, keys)
+        audit_store = AuditStore(self.redis, keys, retention_s=security.audit_retention,
+                                 max_entries=security.audit_max_entries)
+        # First spawned, last stopped: the API records and authenticates until it is down.
+        await self.system.spawn(AuditActor(settings.node_id, audit_store, self.metrics), name="audit")
+        await self.system.spawn(KeysActor(settings.node_id, key_store, self.keyring), name="keys")
         queue = JobQueue(self.redis, keys, retention_policy(settings), dispatch_policy(settings))
         secret_key = settings.config.security.secret_key
         vault = SecretVault(SecretStore(self.redis, keys), SecretCipher(secret_key) if secret_key else None)
@@ -175,7 +206,8 @@ class Node:
         await self.system.spawn(ReaperActor(ctx), name="reaper")
         events = EventSource(self.redis, keys.channel)
         app = create_app(settings, self.system, engine, self.metrics, events, webhook_store, vault,
-                         cluster_mode=self.cluster_mode)
+                         cluster_mode=self.cluster_mode, keyring=self.keyring, key_store=key_store,
+                         audit_store=audit_store)
         ui = settings.config.ui
         if ui.enabled:
             sessions = SessionStore(self.redis, keys, idle_s=ui.session_idle, max_s=ui.session_max)
@@ -183,7 +215,7 @@ class Node:
             mount_ui(app, create_ui_app(ui, sessions, throttle, events))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._socket).start()
+        await web.SockSite(self._runner, self._socket, ssl_context=tls).start()
 
     async def _check_storage(self) -> None:
         """Refuse to start (ConfigError naming cluster.allow_eviction) on a Redis whose eviction policy can

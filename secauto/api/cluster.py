@@ -18,7 +18,7 @@ from secauto.api.inputs import read_json
 from secauto.api.roles import requires
 from secauto.api.secret_refs import require_secrets
 from secauto.api.spec import operation, respond, whole
-from secauto.api.state import ENGINE, IDENTITY, SETTINGS, SYSTEM
+from secauto.api.state import AUDIT_TARGET, ENGINE, IDENTITY, SETTINGS, SYSTEM
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
 from secauto.engine.model import SecretRef
 from secauto.models import (
@@ -203,12 +203,13 @@ async def store_jobs(request: web.Request, jobs: list[Job], delays_ms: list[int]
 
 
 @requires("operator")
-@operation("Submit a job", body=JobSubmission, ok=SubmitResponse, tag="jobs",
+@operation("Submit a job", body=JobSubmission, ok=SubmitResponse, tag="jobs", audit="job.submit",
            description="Queue a playbook (inline, or by name from playbooks_dir) with its context. "
                        "POST /playbook/async is the same operation.")
 async def submit_job(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, JobSubmission)
     job = build_job(body, request)
+    request[AUDIT_TARGET] = job.id
     await require_secrets(request, [secret_refs_of(body, job, request)])
     await store_jobs(request, [job], [body.delay_ms()], timeout=10.0)
     return respond(request, SubmitResponse(job_id=job.id))
@@ -221,7 +222,8 @@ class BatchSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 @requires("operator")
-@operation("Submit up to 1000 jobs, all or nothing", body=BatchSubmission, ok=BatchSubmitResponse, tag="jobs")
+@operation("Submit up to 1000 jobs, all or nothing", body=BatchSubmission, ok=BatchSubmitResponse, tag="jobs",
+           audit="job.submit_batch")
 async def submit_batch(request: web.Request) -> web.StreamResponse:
     """All or nothing: if any job is invalid, none is stored and the details name ``jobs[i]``: the
     field ``jobs[i].playbook[2].script`` (a playbook problem keeps its path in the playbook,
@@ -238,6 +240,7 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
                     detail.path = f"$.jobs[{index}].{detail.field}"
                 detail.field = f"jobs[{index}].{detail.field}"
             raise ApiError(exc.status, exc.code, f"jobs[{index}]: {exc.message}", exc.details) from None
+    request[AUDIT_TARGET] = jobs[0].id if len(jobs) == 1 else f"{len(jobs)} jobs: {jobs[0].id} .. {jobs[-1].id}"
     refs = [secret_refs_of(item, job, request) for item, job in zip(body.jobs, jobs, strict=True)]
     await require_secrets(request, refs, [f"jobs[{index}].playbook" for index in range(len(jobs))])
     await store_jobs(request, jobs, delays, timeout=30.0)
@@ -266,7 +269,7 @@ async def get_job(request: web.Request) -> web.StreamResponse:
 
 @requires("operator")
 @operation("Cancel a pending or running job", ok=JobStatusResponse, path={"job_id": JobId}, errors=(404, 409),
-           tag="jobs")
+           tag="jobs", audit="job.cancel")
 async def cancel_job(request: web.Request) -> web.StreamResponse:
     """Cancel a pending job at once, a running one within a second on the node that runs it; 409 if the
     job already ended."""
@@ -282,7 +285,7 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
 
 @requires("operator")
 @operation("Run a failed or cancelled job again", ok=JobStatusResponse, path={"job_id": JobId},
-           errors=(404, 409), tag="jobs")
+           errors=(404, 409), tag="jobs", audit="job.retry")
 async def retry_job(request: web.Request) -> web.StreamResponse:
     """Run a failed or cancelled job again, with a fresh retry budget; 409 for a job in another state."""
     job_id = job_id_from(request)

@@ -55,7 +55,8 @@ async def list_dead_letters(request: web.Request) -> web.StreamResponse:
 
 
 @requires("operator")
-@operation("Requeue a dead-lettered job", ok=JobStatusResponse, path={"job_id": JobId}, errors=(404,))
+@operation("Requeue a dead-lettered job", ok=JobStatusResponse, path={"job_id": JobId}, errors=(404,),
+           audit="dlq.requeue")
 async def requeue_dead_letter(request: web.Request) -> web.StreamResponse:
     """Put a dead-lettered job back in the queue with a fresh retry budget."""
     job_id = job_id_from(request)
@@ -66,7 +67,8 @@ async def requeue_dead_letter(request: web.Request) -> web.StreamResponse:
 
 
 @requires("admin")
-@operation("Delete a dead-lettered job", ok=DeletedResponse, path={"job_id": JobId}, errors=(404,))
+@operation("Delete a dead-lettered job", ok=DeletedResponse, path={"job_id": JobId}, errors=(404,),
+           audit="dlq.delete")
 async def delete_dead_letter(request: web.Request) -> web.StreamResponse:
     """Delete a dead-lettered job's record for good."""
     job_id = job_id_from(request)

@@ -39,13 +39,14 @@ KEYED: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
 STATUS_TEXT = {
     200: "OK",
     400: "Invalid request: the details name each field that is wrong (`jobs[1].priority`) and its JSON path.",
-    401: "No API key, or an unknown one.",
+    401: "No API key, or an unknown, revoked or expired one.",
     403: "The key's role is below the one the route needs.",
     404: "No such resource.",
     409: "The resource is in a state that does not allow this.",
     413: "The body is larger than server.max_body_bytes.",
     415: "The body is not application/json.",
-    429: "Too many synchronous playbook runs on this node: retry after Retry-After, or submit a job.",
+    429: "Refused for now: the key's rate limit (`rate_limited`), its max_pending quota (`quota_exceeded`), or too "
+         "many synchronous playbook runs on this node (`too_many_requests`). Retry after Retry-After.",
     503: "The job store (Redis) is unreachable or the node is busy or stopping: retry after Retry-After.",
     504: "The playbook did not finish within cluster.job_timeout.",
 }
@@ -230,7 +231,7 @@ def _operation(route: Route, operation_id: str, schema_of: dict[Any, Any],
 
     errors = set(op.errors)
     if role != "public":
-        errors.add(401)
+        errors.update((401, 429))  # 429: the key's rate limit (security.rate_limit)
         if role != "viewer":
             errors.add(403)
     if op.body is not None:

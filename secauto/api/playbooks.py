@@ -76,7 +76,7 @@ def _load(body: PlaybookRun, request: web.Request) -> Any:
 
 @requires("operator")
 @operation("Run a playbook on this node now and answer its results", body=PlaybookRun, ok=RunResponse,
-           errors=(429, 504), tag="playbooks")
+           errors=(429, 504), tag="playbooks", audit="playbook.run")
 async def run_sync(request: web.Request) -> web.StreamResponse:
     """Runs on the receiving node outside the job slots, at most cluster.max_concurrent_jobs at a time
     (429 beyond that), within cluster.job_timeout (504 beyond that). A playbook that fails is a 200
@@ -107,7 +107,8 @@ async def run_sync(request: web.Request) -> web.StreamResponse:
 
 
 @requires("viewer")
-@operation("Check a playbook without running it", body=ValidateBody, ok=ValidateResponse, tag="playbooks")
+@operation("Check a playbook without running it", body=ValidateBody, ok=ValidateResponse, tag="playbooks",
+           audit=False)
 async def validate(request: web.Request) -> web.StreamResponse:
     """The body is ``{playbook | playbook_name, context}`` as for POST /playbook, or a bare playbook (a
     list of steps). An invalid playbook is a 200 with valid false and one problem per mistake."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from secauto.api import (
+    audit,
     cluster,
     dlq,
     events,
     health,
     jobs,
+    keys,
     metrics,
     openapi,
     playbooks,
@@ -22,7 +24,8 @@ from secauto.api import (
     webhooks,
 )
 
-ROUTE_MODULES = (health, cluster, jobs, dlq, playbooks, events, webhooks, schedules, secrets, metrics, openapi)
+ROUTE_MODULES = (health, cluster, jobs, dlq, playbooks, events, webhooks, schedules, secrets, keys, audit, metrics,
+                 openapi)
 RouteEntry = tuple[str, str, Any]
 
 

@@ -54,19 +54,28 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     path: Mapping[str, Any] = {}  # path parameter -> type
     errors: tuple[int, ...] = ()  # error statuses besides those implied (auth, body, query, store)
     store: bool = True  # reaches the actors or Redis, so may answer 503
+    # The audit trail's action name (e.g. job.cancel); None: "<METHOD> <route>"; False: the route changes
+    # nothing (POST /validate), so only refused calls of it are audited. See secauto/api/middlewares.py.
+    audit: str | bool | None = None
 
 
 def operation(summary: str, *, ok: Any, body: Any = None, query: Any = None, path: Mapping[str, Any] | None = None,
               errors: tuple[int, ...] = (), responses: Mapping[int, Any] | None = None, media_type: str = JSON,
               tag: str | None = None, store: bool = True, description: str | None = None,
-              body_required: bool = True) -> Callable[[H], H]:
+              body_required: bool = True, audit: str | bool | None = None) -> Callable[[H], H]:
     """Declare what a handler takes and answers.
 
     ``ok`` is the type of the 200 body; ``responses`` adds other statuses with a body of their own
     (e.g. 503 from /health). ``errors`` names error statuses beyond those that follow from the rest:
     401/403 from the role, 400 from a body or query, 413/415 from a body, 503 unless ``store=False``.
     The description defaults to the handler's docstring, the tag to its module's name.
+
+    ``audit`` names the action in the audit trail (``job.cancel``); without it a route that is not
+    GET or HEAD is audited as ``"<METHOD> <route>"``, so no state change escapes the trail. ``False``
+    declares that a POST changes nothing (only its refusals are audited then).
     """
+    if audit is True:
+        raise ValueError("operation(audit=...): give an action name, None (the default name) or False")
 
     def mark(handler: H) -> H:
         extra = dict(responses or {})
@@ -78,7 +87,7 @@ def operation(summary: str, *, ok: Any, body: Any = None, query: Any = None, pat
             summary=summary, description=doc, tag=tag or handler.__module__.rpartition(".")[2],
             responses=merged, media_type=media_type, body=body, body_required=body_required, query=query,
             path=dict(path or {}),
-            errors=tuple(sorted(set(errors))), store=store))
+            errors=tuple(sorted(set(errors))), store=store, audit=audit))
         return handler
 
     return mark

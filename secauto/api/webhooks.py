@@ -19,7 +19,7 @@ from secauto.api.errors import ApiError, ErrorDetail
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
 from secauto.api.spec import operation, respond
-from secauto.api.state import SYSTEM, WEBHOOKS
+from secauto.api.state import AUDIT_TARGET, SYSTEM, WEBHOOKS
 from secauto.models import EVENT_TYPES, utc_now
 from secauto.store.webhooks import WebhookSpec
 
@@ -89,7 +89,8 @@ def url_problem(url: str) -> str | None:
 
 
 @requires("admin")
-@operation("Add a webhook (stored in Redis: every node delivers to it)", body=WebhookBody, ok=WebhookResponse)
+@operation("Add a webhook (stored in Redis: every node delivers to it)", body=WebhookBody, ok=WebhookResponse,
+           audit="webhook.create")
 async def add_webhook(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, WebhookBody)
     problem = url_problem(body.url)
@@ -103,6 +104,7 @@ async def add_webhook(request: web.Request) -> web.StreamResponse:
                                         message=f"unknown event type; known: {', '.join(sorted(EVENT_TYPES))}")])
     spec = WebhookSpec(id=f"wh-{secrets.token_hex(8)}", url=body.url, events=list(body.events), secret=body.secret,
                        timeout=body.timeout, retries=body.retries, source="api", created_at=utc_now())
+    request[AUDIT_TARGET] = spec.id
     await request.app[WEBHOOKS].add(spec)
     request.app[SYSTEM].get("webhooks").tell(RefreshWebhooks())
     return respond(request, WebhookResponse(webhook=WebhookView.of(spec)))
@@ -118,7 +120,8 @@ async def list_webhooks(request: web.Request) -> web.StreamResponse:
 
 @requires("admin")
 @operation("Delete a webhook added through the API", ok=WebhookDeletedResponse, path={"webhook_id": WebhookId},
-           errors=(404, 409), description="404 for an unknown id, 409 for a webhook from config.yaml.")
+           errors=(404, 409), audit="webhook.delete",
+           description="404 for an unknown id, 409 for a webhook from config.yaml.")
 async def delete_webhook(request: web.Request) -> web.StreamResponse:
     webhook_id = request.match_info["webhook_id"]
     if webhook_id.startswith("config-"):

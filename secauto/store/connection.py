@@ -15,7 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from secauto.config import RedisTarget
+from secauto.config import RedisTarget, Settings
 
 # Commands fail over to a reconnect a few times before an error reaches the caller; longer outages
 # are the callers' business (they back off and report through /health).
@@ -29,15 +29,32 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
-def open_redis(target: RedisTarget, *, password: str = "", db: int = 0) -> Redis:
-    """A client for ``target``. Connects lazily: nothing is sent until the first command."""
+def redis_tls_options(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS options for a ``rediss://`` URL: the CA bundle (``cluster.redis_ca_file``, else
+    the system's trust store) and the client certificate, if configured. The server's certificate and
+    host name are always verified. Empty for other URLs."""
+    cluster = settings.config.cluster
+    if not settings.redis.url.startswith("rediss://"):
+        return {}
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if cluster.redis_ca_file:
+        options["ssl_ca_certs"] = str(settings.file(cluster.redis_ca_file))
+    if cluster.redis_cert_file:
+        options["ssl_certfile"] = str(settings.file(cluster.redis_cert_file))
+        options["ssl_keyfile"] = str(settings.file(cluster.redis_key_file))
+    return options
+
+
+def open_redis(target: RedisTarget, *, password: str = "", db: int = 0, tls: dict[str, Any] | None = None) -> Redis:
+    """A client for ``target``. Connects lazily: nothing is sent until the first command. ``tls`` are
+    :func:`redis_tls_options` (only for a ``rediss://`` target)."""
     if target.sentinels:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.sentinels), sentinel_kwargs={"socket_connect_timeout": 2.0},
                             password=password or None, db=db, **_CLIENT_OPTIONS)
         client: Redis = sentinel.master_for(target.service_name)
         return client
-    return Redis.from_url(target.url, **_CLIENT_OPTIONS)
+    return Redis.from_url(target.url, **_CLIENT_OPTIONS, **(tls or {}))
 
 
 def open_embedded() -> Redis:

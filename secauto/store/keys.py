@@ -20,6 +20,9 @@ class Keys:
     except ``job:<id>`` from :attr:`job_prefix` (the scripts touch jobs they pop from a ZSET)."""
 
     __slots__ = (
+        "api_keys",
+        "api_keys_version",
+        "audit",
         "capacity",
         "channel",
         "cluster",
@@ -28,6 +31,7 @@ class Keys:
         "dlq",
         "job_index",
         "job_prefix",
+        "key_usage",
         "leader",
         "load",
         "login_failures_prefix",
@@ -112,6 +116,18 @@ class Keys:
         self.schedule_due = f"{PREFIX}:schedule-due:{cluster}"
         # SET of schedule names holding a buffered slot (overlap buffer_one). Bounded by the schedules.
         self.schedule_buffered = f"{PREFIX}:schedule-buffered:{cluster}"
+        # HASH key name -> JSON (API keys made with POST /keys: SHA-256 digest, role, expiry; never the
+        # key itself). Bounded by what admins create; DELETE /keys/{name} removes the field.
+        self.api_keys = f"{PREFIX}:keys:{cluster}"
+        # STRING counter, incremented with every change of api_keys: nodes poll it to notice a change
+        # whose pub/sub notice they missed. One integer.
+        self.api_keys_version = f"{PREFIX}:keys-version:{cluster}"
+        # ZSET key name -> last use (ms), written in batches with ZADD GT (newest wins across nodes).
+        # One member per key name in use (config or API); a deleted API key's member is removed.
+        self.key_usage = f"{PREFIX}:keys-used:{cluster}"
+        # STREAM of audit entries; every XADD trims it to security.audit_max_entries (approximately) and
+        # every batch trims entries older than security.audit_retention (XTRIM MINID).
+        self.audit = f"{PREFIX}:audit:{cluster}"
 
     def job(self, job_id: str) -> str:
         return f"{self.job_prefix}{job_id}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from secauto.api.auth import authenticate, key_digest
-from secauto.api.state import SETTINGS
+from secauto.api.state import KEYRING
 from secauto.ui.access import PUBLIC, access
 from secauto.ui.errors import PageError
 from secauto.ui.render import render
@@ -59,7 +59,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     raw_next = form.get("next")
     next_url = safe_next(raw_next if isinstance(raw_next, str) else None)
     key = key.strip() if isinstance(key, str) else ""
-    identity = authenticate(key, request.config_dict[SETTINGS].api_keys) if 0 < len(key) <= MAX_KEY_LENGTH else None
+    identity = authenticate(key, request.config_dict[KEYRING]) if 0 < len(key) <= MAX_KEY_LENGTH else None
     if identity is None:
         await throttle.record_failure(address)
         return _login_page(request, next_url=next_url, message="Invalid API key.", status=401)

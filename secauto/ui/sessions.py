@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from secauto.api.auth import allows, authenticate, identity_for_digest, presented_key
-from secauto.api.state import IDENTITY, SETTINGS
+from secauto.api.state import IDENTITY, KEYRING
 from secauto.ui.access import PUBLIC, Access, Handler, declared_access
 from secauto.ui.errors import PageError
 from secauto.ui.security import CSRF_FIELD, CSRF_HEADER, same_origin, token_matches
@@ -72,7 +72,7 @@ async def find_visitor(request: web.Request) -> tuple[Visitor | None, bool]:
     """(the visitor, whether the request carried a session cookie that is no longer valid).
 
     Raises PageError 401 for an API key header with an unknown key."""
-    keys = request.config_dict[SETTINGS].api_keys
+    keys = request.config_dict[KEYRING]
     key = presented_key(request)
     if key is not None:
         identity = authenticate(key, keys)

@@ -273,6 +273,22 @@ async def test_real_responses_match_the_document_and_the_declared_types(recorder
     await call("POST", "/schedules", 200, json={**schedule, "name": "dup"})
     await call("POST", "/schedules", 409, json={**schedule, "name": "dup"})
     await call("DELETE", "/schedules/{name}", 403, path="/schedules/dup", key=VIEWER_KEY)
+    # keys and the audit trail
+    made = await call("POST", "/keys", 200, json={"name": "ci", "role": "viewer", "expires_at": "2999-01-01T00:00:00Z",
+                                                "rate_limit": {"per_second": 5, "burst": 10}, "max_pending": 3})
+    assert made["api_key"].startswith("secauto_") and made["key"]["rate_limit"] == {"per_second": 5.0, "burst": 10}
+    await call("GET", "/cluster", 200, key=made["api_key"])
+    await call("GET", "/keys", 200)
+    await call("POST", "/keys", 409, json={"name": "ci", "role": "viewer"})
+    await call("POST", "/keys", 400, json={"name": "late", "role": "viewer", "expires_at": "2001-01-01T00:00:00Z"})
+    await call("DELETE", "/keys/{name}", 200, path="/keys/ci")
+    await call("DELETE", "/keys/{name}", 404, path="/keys/ci")
+    await call("DELETE", "/keys/{name}", 409, path="/keys/admin")
+    trail = await call("GET", "/audit", 200, path="/audit?action=key.&limit=2")
+    assert [entry["action"] for entry in trail["entries"]] == ["key.delete", "key.delete"] and trail["next_cursor"]
+    since = "2000-01-01T00:00:00Z"
+    await call("GET", "/audit", 200, path=f"/audit?cursor={trail['next_cursor']}&actor=admin&since={since}")
+    await call("GET", "/audit", 400, path="/audit?cursor=nope")
 
     assert "secauto_" in await call("GET", "/metrics", 200, key=VIEWER_KEY)
     async with recorder.http.get("/cluster/events", headers=auth()) as response:

@@ -9,8 +9,9 @@ import fakeredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from secauto.api.state import IDENTITY, SETTINGS, EventSource
+from secauto.api.state import IDENTITY, KEYRING, SETTINGS, EventSource
 from secauto.config import ApiKey
+from secauto.keyring import KeyRing
 from secauto.store.keys import Keys
 from secauto.store.sessions import LoginThrottle, SessionStore
 from secauto.ui.app import create_ui_app, mount_ui
@@ -33,6 +34,7 @@ async def test_the_identity_of_a_session_request_is_its_key() -> None:
     keys = Keys("c")
     app = web.Application(middlewares=[recorder])
     app[SETTINGS] = settings
+    app[KEYRING] = KeyRing(settings.api_keys)
     ui = settings.config.ui
     mount_ui(app, create_ui_app(ui, SessionStore(redis, keys, idle_s=60, max_s=600),
                                 LoginThrottle(redis, keys, attempts=3, window_s=60), EventSource(redis, keys.channel)))

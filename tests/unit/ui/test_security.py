@@ -10,11 +10,10 @@ import time
 import msgspec
 import pytest
 
-from secauto.config import ApiKey
 from secauto.node import Node
 from secauto.store.keys import Keys
 from secauto.store.sessions import SessionRecord
-from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY
+from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth
 from tests.unit.ui.conftest import Tab, new_tab, submit, wait_status
 
 SLEEP = {"playbook": [{"action": "sleep", "seconds": 30}]}
@@ -135,20 +134,25 @@ async def test_login_and_logout_posts_are_checked_too(tab: Tab) -> None:
     assert status == 200  # still logged in
 
 
+async def make_key(tab: Tab, name: str, role: str) -> str:
+    async with tab.http.post("/keys", json={"name": name, "role": role}, headers=auth(ADMIN_KEY)) as response:
+        assert response.status == 200, await response.text()
+        return str((await response.json())["api_key"])
+
+
 async def test_revoked_key_ends_its_sessions(node: Node, tab: Tab) -> None:
-    await tab.login(OPERATOR_KEY)
+    secret = await make_key(tab, "temp", "operator")
+    await tab.login(secret)
     key = session_key(tab)
-    settings = node.settings
-    settings.api_keys = tuple(item for item in settings.api_keys if item.role != "operator")
+    async with tab.http.delete("/keys/temp", headers=auth(ADMIN_KEY)) as response:  # revoked (on every node)
+        assert response.status == 200
     status, _, response = await tab.get("/ui/jobs")
     assert status == 303 and response.headers["Location"] == "/ui/login?next=%2Fui%2Fjobs&ended=1"
     assert not await node.redis.exists(key)
     status, text, _ = await tab.get(response.headers["Location"])
     assert status == 200 and "Your session ended" in text
-    # the same key issued again with another role: a new login gets the new role, not a stale one
-    settings.api_keys = (*settings.api_keys, ApiKey(name="ops", sha256=hashlib.sha256(OPERATOR_KEY.encode()).digest(),
-                                                    role="viewer"))
-    await tab.login(OPERATOR_KEY)
+    # a key of that name issued again with another role: a new login gets the new role, not a stale one
+    await tab.login(await make_key(tab, "temp", "viewer"))
     _, text, _ = await tab.get("/ui")
     assert 'class="role role-viewer"' in text
 
