@@ -17,6 +17,7 @@ expected JSON, and also when the node cannot be reached (``status`` 0, ``code``
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
@@ -62,14 +63,16 @@ class SecautoClient:
     ``url`` is the node's base URL (``http://host:port``), ``api_key`` is sent as
     ``Authorization: Bearer KEY`` (None sends no key: only ``health()``/``live()`` then work),
     ``request_timeout`` bounds each HTTP request in seconds, and ``max_connections`` bounds the
-    concurrent connections of the pool. Calling a method outside the ``async with`` block (or after
-    ``close()``) raises ``RuntimeError``.
+    concurrent connections of the pool. For an ``https://`` node whose certificate a private CA
+    signed, ``ca_file`` names that CA's PEM file (otherwise the system's trust store decides). Calling
+    a method outside the ``async with`` block (or after ``close()``) raises ``RuntimeError``.
     """
 
     def __init__(self, url: str, api_key: str | None = None, *, request_timeout: float = 30.0,
-                 max_connections: int = 100) -> None:
+                 max_connections: int = 100, ca_file: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
+        self.ca_file = ca_file
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -94,8 +97,13 @@ class SecautoClient:
         self._session = aiohttp.ClientSession(
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=self.request_timeout),
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=self._tls()),
         )
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        """Certificate checks always on; a private CA when ``ca_file`` is given. Raises OSError or
+        ssl.SSLError for a CA file that cannot be read."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     async def close(self) -> None:
         """Close the connection pool; safe to call more than once."""

@@ -35,6 +35,8 @@ def add_client_commands(commands: Any) -> None:
         parser.add_argument("--url", default=os.environ.get("SECAUTO_URL", DEFAULT_URL),
                             help="the node's base URL (default: $SECAUTO_URL or http://localhost:8080)")
         parser.add_argument("--api-key", default=None, help="API key (default: $SECAUTO_API_KEY)")
+        parser.add_argument("--ca-file", default=os.environ.get("SECAUTO_CA_FILE") or None,
+                            help="CA certificate (PEM) of an https:// node (default: $SECAUTO_CA_FILE)")
         parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     submit = commands.add_parser("submit", help="submit a playbook as a cluster job")
@@ -92,6 +94,9 @@ def run_client_command(args: argparse.Namespace) -> int:
     if not key:
         print("secauto: set SECAUTO_API_KEY (or pass --api-key)", file=sys.stderr)
         return EXIT_USAGE
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        print(f"secauto: --ca-file {args.ca_file!r} is not a readable file", file=sys.stderr)
+        return EXIT_USAGE
     handlers = {"submit": _submit, "jobs": _jobs, "cluster": _cluster, "dlq": _dlq, "events": _events,
                 "schedules": _schedules, "pause": _pause, "resume": _pause, "trigger": _trigger}
     try:
@@ -109,7 +114,7 @@ def run_client_command(args: argparse.Namespace) -> int:
 
 
 async def _with_client(args: argparse.Namespace, key: str, handler: Any) -> int:
-    async with SecautoClient(args.url, key) as client:
+    async with SecautoClient(args.url, key, ca_file=args.ca_file) as client:
         result: int = await handler(client, args)
         return result
 
