@@ -2,7 +2,7 @@
 
 The API tells it one :class:`RecordAudit` per audited request and moves on: no Redis round-trip on the
 request path. Each entry is logged at once as a ``component=audit`` line, buffered, and written with
-the others of its batch in one pipelined round-trip :data:`FLUSH_DELAY_S` after the first of them
+the others of its batch in one script call :data:`FLUSH_DELAY_S` after the first of them
 (or as soon as :data:`FLUSH_AT` are waiting). So on a hard crash (SIGKILL, power loss) the entries of
 the last ~100 ms are missing from the stream, though not from the log; a graceful stop writes them.
 

@@ -1,11 +1,12 @@
 """The audit trail: one Redis stream per cluster, bounded in length and in age.
 
-Entries are appended in batches (one pipelined round-trip per batch, see ``actors/audit.py``), and each
-batch then trims the stream to ``max_entries`` (``XTRIM MAXLEN``) and drops the entries older than the
-retention (``XTRIM MINID``). The trims are exact, not ``~``: approximate trimming only drops whole
-radix-tree nodes (100 entries each), so a quiet cluster would keep entries past their retention; once
-per batch, the exact trim costs about one entry removed per entry added. Stream ids (``<ms>-<seq>``,
-from the Redis clock) order the entries and serve as the cursor of ``GET /audit``.
+Entries are appended in batches (one script call per batch, ``lua/audit.lua``, see
+``actors/audit.py``), and each batch then trims the stream to ``max_entries`` (``XTRIM MAXLEN``) and
+drops the entries older than the retention (``XTRIM MINID``). The trims are exact, not ``~``:
+approximate trimming only drops whole radix-tree nodes (100 entries each), so a quiet cluster would
+keep entries past their retention; once per batch, the exact trim costs about one entry removed per
+entry added. Stream ids (``<ms>-<seq>``, from the Redis clock) order the entries and serve as the
+cursor of ``GET /audit``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from loguru import logger
 from redis.asyncio import Redis
 
 from secauto.store.keys import Keys
+from secauto.store.scripts import script_source
 
 Outcome = Literal["success", "failure"]
 _FIELD = b"entry"
@@ -60,20 +62,17 @@ class AuditStore:
         self.keys = keys
         self.retention_ms = int(retention_s * 1000)
         self.max_entries = max_entries
+        self._append = redis.register_script(script_source("audit"))
 
     async def append(self, entries: Sequence[AuditEntry], now_ms: int) -> None:
-        """Append ``entries`` in one round-trip and trim by length and age (relative to ``now_ms``).
+        """Append ``entries`` in one script call and trim by length and age (relative to ``now_ms``).
 
-        Not a transaction: after a connection error some of the batch may be stored; the caller's retry
-        may then store those twice (an audit trail may repeat an entry; it must not lose one)."""
+        Atomic: a batch is stored whole or not at all. After a connection error the caller cannot know
+        which, and retries: an audit trail may then repeat a batch; it must not lose one."""
         if not entries:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry in entries:
-                pipe.xadd(self.keys.audit, {_FIELD: _encoder.encode(entry)})
-            pipe.xtrim(self.keys.audit, maxlen=self.max_entries, approximate=False)
-            pipe.xtrim(self.keys.audit, minid=f"{self.oldest_kept_ms(now_ms)}-0", approximate=False)
-            await pipe.execute()
+        await self._append(keys=[self.keys.audit], args=[self.max_entries, f"{self.oldest_kept_ms(now_ms)}-0",
+                                                           *(_encoder.encode(entry) for entry in entries)])
 
     def oldest_kept_ms(self, now_ms: int) -> int:
         """The time (ms) before which entries are past the retention."""

@@ -17,7 +17,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 SCRIPT_NAMES = ("submit", "claim", "finish", "renew", "reap", "handback", "cancel", "requeue", "forget", "leader",
-                "release")
+                "release", "audit")
 
 
 @cache
