@@ -100,8 +100,8 @@ class DispatcherActor(Actor):
                 # Freed slots are refilled by one claim for all the jobs that ended meanwhile.
                 self.in_flight -= count
                 self._request_wake()
-            case SubmitJobs(jobs=jobs, delays_ms=delays_ms):
-                return self.submissions.add(jobs, delays_ms)
+            case SubmitJobs(jobs=jobs, delays_ms=delays_ms, quota=quota):
+                return self.submissions.add(jobs, delays_ms, quota)
             case GetJob(job_id=job_id):
                 return await self.ctx.queue.get_raw(job_id)
             case CancelJob(job_id=job_id):

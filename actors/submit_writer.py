@@ -8,7 +8,11 @@ all or nothing: it is never split) and publishes one wake-up per call.
 
 Each submission gets a future, resolved once its jobs are stored (and, with ``durable_submit``,
 acknowledged by the replicas). A call that fails (Redis unreachable, durability not reached, a script
-error) fails the futures of every submission in it with that exception. When the writer stops
+error) fails the futures of every submission in it with that exception.
+
+A submission by a key with a ``max_pending`` quota goes in a call of its own, so that the script can
+refuse it whole (``QuotaExceeded``, its future only) without touching the others; submissions without
+a quota are coalesced as above and pay nothing for the feature. When the writer stops
 (dispatcher stopping or restarting), every submission not yet answered fails with ``ActorDeadError``:
 none is left waiting.
 """
@@ -24,18 +28,19 @@ from loguru import logger
 from actors.core import ActorDeadError
 from secauto.metrics import NodeMetrics
 from secauto.models import Job, make_event
-from secauto.store.jobs import JobQueue
+from secauto.store.jobs import JobQueue, Quota
 
 MAX_JOBS_PER_CALL = 1000  # one API batch at most: bounds how long one script call holds Redis
 
 
 class _Submission:
-    __slots__ = ("delays_ms", "done", "jobs")
+    __slots__ = ("delays_ms", "done", "jobs", "quota")
 
-    def __init__(self, jobs: list[Job], delays_ms: list[int], done: asyncio.Future[None]) -> None:
+    def __init__(self, jobs: list[Job], delays_ms: list[int], done: asyncio.Future[None], quota: Quota | None) -> None:
         self.jobs = jobs
         self.delays_ms = delays_ms
         self.done = done
+        self.quota = quota
 
 
 class SubmitWriter:
@@ -50,10 +55,12 @@ class SubmitWriter:
         self._arrived = asyncio.Event()
         self.log = logger.bind(component="dispatcher", node_id=node_id)
 
-    def add(self, jobs: list[Job], delays_ms: Sequence[int] | None = None) -> asyncio.Future[None]:
-        """Queue ``jobs`` (each after its delay in ms) for storing; the future says when they are stored."""
+    def add(self, jobs: list[Job], delays_ms: Sequence[int] | None = None,
+            quota: Quota | None = None) -> asyncio.Future[None]:
+        """Queue ``jobs`` (each after its delay in ms) for storing, counted against ``quota`` if given;
+        the future says when they are stored."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Submission(jobs, list(delays_ms) if delays_ms else [0] * len(jobs), done))
+        self._pending.append(_Submission(jobs, list(delays_ms) if delays_ms else [0] * len(jobs), done, quota))
         self._arrived.set()
         return done
 
@@ -67,7 +74,8 @@ class SubmitWriter:
                 while self._pending:
                     batch = [self._pending.popleft()]
                     size = len(batch[0].jobs)
-                    while self._pending and size + len(self._pending[0].jobs) <= MAX_JOBS_PER_CALL:
+                    while (batch[0].quota is None and self._pending and self._pending[0].quota is None
+                           and size + len(self._pending[0].jobs) <= MAX_JOBS_PER_CALL):
                         batch.append(self._pending.popleft())
                         size += len(batch[-1].jobs)
                     await self._store(batch)
@@ -85,7 +93,7 @@ class SubmitWriter:
                              priority=job.priority) for job in jobs]
         try:
             stored = await self.queue.submit(jobs, events, delays_ms=delays, durable_replicas=self.durable_replicas,
-                                             durable_timeout_ms=self.durable_timeout_ms)
+                                             durable_timeout_ms=self.durable_timeout_ms, quota=batch[0].quota)
         except Exception as exc:  # each waiting request answers it (503 for Redis errors)
             for submission in batch:
                 if not submission.done.done():

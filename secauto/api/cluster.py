@@ -13,12 +13,12 @@ from aiohttp import web
 
 from actors.core import AskTimeoutError
 from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
-from secauto.api.errors import ApiError, body_detail, playbook_details
+from secauto.api.errors import RETRY_AFTER_S, ApiError, body_detail, playbook_details
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
 from secauto.api.secret_refs import require_secrets
 from secauto.api.spec import operation, respond, whole
-from secauto.api.state import AUDIT_TARGET, ENGINE, IDENTITY, SETTINGS, SYSTEM
+from secauto.api.state import AUDIT_TARGET, ENGINE, IDENTITY, METRICS, SETTINGS, SYSTEM
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
 from secauto.engine.model import SecretRef
 from secauto.models import (
@@ -34,6 +34,7 @@ from secauto.models import (
 )
 from secauto.operations import cancel_job as cancel_job_of
 from secauto.operations import retry_job as retry_job_of
+from secauto.store.jobs import Quota, QuotaExceeded
 
 JOB_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,100}")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -192,14 +193,27 @@ async def get_cluster(request: web.Request) -> web.StreamResponse:
 
 async def store_jobs(request: web.Request, jobs: list[Job], delays_ms: list[int], timeout: float) -> None:  # noqa: ASYNC109
     """Have the dispatcher store ``jobs``; returns once they are in Redis. Raises AskTimeoutError past
-    ``timeout`` seconds and ActorDeadError if the node is stopping (both 503), or the Redis error."""
+    ``timeout`` seconds and ActorDeadError if the node is stopping (both 503), or the Redis error; 429
+    ``quota_exceeded`` (nothing stored) when the calling key's max_pending quota has no room for them."""
     try:
         async with asyncio.timeout(timeout):  # one deadline for the hop to the dispatcher and the write
             stored: asyncio.Future[None] = await request.app[SYSTEM].get("dispatcher").ask(
-                SubmitJobs(jobs, delays_ms), timeout=None)
+                SubmitJobs(jobs, delays_ms, quota=quota_of(request)), timeout=None)
             await stored
     except TimeoutError:
         raise AskTimeoutError(f"the jobs were not stored within {timeout:g}s") from None
+    except QuotaExceeded as exc:
+        request.app[METRICS].rate_limited.labels(code="quota_exceeded").inc()
+        raise ApiError(429, "quota_exceeded", f"this key's quota is full: {exc}; retry once some of its jobs "
+                                              "ended", headers={"Retry-After": RETRY_AFTER_S}) from None
+
+
+def quota_of(request: web.Request) -> Quota | None:
+    """The calling key's max_pending quota, if it has one."""
+    identity = request.get(IDENTITY)
+    if identity is None or identity.max_pending is None:
+        return None
+    return Quota(key_name=identity.name, max_pending=identity.max_pending)
 
 
 @requires("operator")

@@ -67,6 +67,30 @@ class Recovery(msgspec.Struct, frozen=True):
         return self.requeued + self.failed + self.quarantined
 
 
+class Quota(msgspec.Struct, frozen=True):
+    """The submitting key's quota: at most ``max_pending`` of its jobs waiting, pending or running."""
+
+    key_name: str
+    max_pending: int
+
+
+class QuotaExceeded(Exception):
+    """A submission refused whole: the key has ``live`` jobs that have not ended, of ``max_pending``."""
+
+    def __init__(self, live: int, max_pending: int) -> None:
+        super().__init__(f"{live} jobs of this key have not ended; its max_pending is {max_pending}")
+        self.live = live
+        self.max_pending = max_pending
+
+    @classmethod
+    def parse(cls, error: ResponseError) -> QuotaExceeded | None:
+        """The refusal that submit.lua answered as ``QUOTA_EXCEEDED <live> <max>``, or None."""
+        words = str(error).split()
+        if len(words) == 3 and words[0] == "QUOTA_EXCEEDED" and words[1].isdigit() and words[2].isdigit():
+            return cls(int(words[1]), int(words[2]))
+        return None
+
+
 class DurabilityError(RedisConnectionError):
     """A durable submission was not acknowledged by enough replicas in time (or reached a primary
     that is being demoted). A subclass of redis-py's ConnectionError: callers treat it as Redis being
@@ -86,23 +110,35 @@ class JobQueue:
         self._scripts = Scripts(redis)
 
     async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, delays_ms: Sequence[int] | None = None,
-                     durable_replicas: int = 0, durable_timeout_ms: int = 0) -> int:
+                     durable_replicas: int = 0, durable_timeout_ms: int = 0, quota: Quota | None = None) -> int:
         """Store, queue and announce ``jobs`` in one script call. Returns how many were new.
 
         ``delays_ms`` (0 = now) parks a job in the delayed set for that long (Redis clock). With
         ``durable_replicas``, the call also waits (Redis WAIT, same connection) until that many replicas
-        acknowledged the write, and raises :class:`DurabilityError` if they did not in time.
+        acknowledged the write, and raises :class:`DurabilityError` if they did not in time. With a
+        ``quota``, the jobs count against the key's max_pending until they end for good, and the call
+        raises :class:`QuotaExceeded` (storing nothing) when they would not fit.
         """
         if not jobs:
             return 0
         delays = delays_ms or [0] * len(jobs)
         keys = [self.keys.queue, self.keys.sequence, self.keys.delayed, self.keys.capacity, self.keys.round_robin,
-                self.keys.job_index, *(self.keys.job(job.id) for job in jobs)]
+                self.keys.job_index, self.keys.quota_pending, self.keys.quota_owner,
+                *(self.keys.job(job.id) for job in jobs)]
         index_ms = 1000 * max(self.policy.job_retention_s, self.policy.dlq_retention_s)
         args: list[Any] = [self.keys.channel, self.keys.node_prefix, self.dispatch.placement, index_ms,
-                           self.keys.control]
+                           self.keys.control, quota.key_name if quota else "", quota.max_pending if quota else 0]
         for job, event, delay in zip(jobs, events, delays, strict=True):
             args += [job.id, json_encoder.encode(job), json_encoder.encode(event), max(0, delay)]
+        try:
+            return await self._submit(keys, args, durable_replicas, durable_timeout_ms)
+        except ResponseError as exc:
+            refused = QuotaExceeded.parse(exc)
+            if refused is None:
+                raise
+            raise refused from None
+
+    async def _submit(self, keys: list[Any], args: list[Any], durable_replicas: int, durable_timeout_ms: int) -> int:
         if not durable_replicas:
             return int(await self._scripts.submit(keys=keys, args=args))
         try:
@@ -181,7 +217,8 @@ class JobQueue:
     def _finish_call(self, node_id: str, request: FinishRequest) -> tuple[list[Any], list[Any]]:
         policy, job = self.policy, request.job
         keys = [self.keys.job(job.id), self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed,
-                self.keys.dlq, self.keys.load, self.keys.tag_running, self.keys.recent]
+                self.keys.dlq, self.keys.load, self.keys.tag_running, self.keys.recent, self.keys.quota_pending,
+                self.keys.quota_owner]
         args = [job.id, node_id, job.attempt, json_encoder.encode(job), request.outcome, policy.job_retention_s,
                 self.keys.channel, json_encoder.encode(request.event), request.backoff_ms, policy.dlq_max,
                 policy.dlq_retention_s,
@@ -199,7 +236,8 @@ class JobQueue:
         policy = self.policy
         result = await self._scripts.reap(
             keys=[self.keys.running, self.keys.queue, self.keys.sequence, self.keys.delayed, self.keys.dlq,
-                  self.keys.leader, self.keys.load, self.keys.tag_running],
+                  self.keys.leader, self.keys.load, self.keys.tag_running, self.keys.quota_pending,
+                  self.keys.quota_owner],
             args=[leader_token, self.keys.job_prefix, self.keys.channel, utc_now(), limit, policy.dlq_retention_s,
                   policy.dlq_max, policy.backoff_base_ms, policy.backoff_cap_ms, mode, policy.poison_limit,
                   policy.avoid_ms, cause, self.keys.node_prefix if check_records else "", self.keys.control,
@@ -223,7 +261,7 @@ class JobQueue:
         """Cancel a pending or running job. Returns its status before the call, or None if unknown."""
         before = await self._scripts.cancel(
             keys=[self.keys.job(job_id), self.keys.queue, self.keys.delayed, self.keys.running, self.keys.load,
-                  self.keys.tag_running],
+                  self.keys.tag_running, self.keys.quota_pending, self.keys.quota_owner],
             args=[job_id, utc_now(), self.keys.channel, self.policy.job_retention_s, self.keys.control])
         return _text(before) or None
 

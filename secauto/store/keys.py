@@ -38,6 +38,8 @@ class Keys:
         "node_index",
         "node_prefix",
         "queue",
+        "quota_owner",
+        "quota_pending",
         "recent",
         "round_robin",
         "running",
@@ -128,6 +130,12 @@ class Keys:
         # STREAM of audit entries; every XADD trims it to security.audit_max_entries (approximately) and
         # every batch trims entries older than security.audit_retention (XTRIM MINID).
         self.audit = f"{PREFIX}:audit:{cluster}"
+        # HASH key name -> jobs waiting, pending or running that the key submitted, for the keys with a
+        # max_pending quota. One field per such key; fields at 0 are removed.
+        self.quota_pending = f"{PREFIX}:quota:{cluster}"
+        # HASH job id -> the name of the key whose quota the job counts against, while the job has not
+        # ended for good. Bounded by the live jobs of keys with a quota (other jobs have no field).
+        self.quota_owner = f"{PREFIX}:quota-owner:{cluster}"
 
     def job(self, job_id: str) -> str:
         return f"{self.job_prefix}{job_id}"

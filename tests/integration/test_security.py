@@ -185,6 +185,45 @@ async def test_rate_limits_are_per_node(redis_url: str, http: aiohttp.ClientSess
         assert await status_of(http, second, VIEWER_KEY) == 200  # its own bucket (see README: per node)
 
 
+async def test_max_pending_is_a_cluster_wide_quota(nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    first, second, third = nodes
+    secret = await create_key(http, first, "bounded", max_pending=2)
+    later = {**JOB, "run_at": "2999-01-01T00:00:00Z"}  # stays pending
+    ids = []
+    for node in (first, second):
+        async with http.post(f"{node.url}/cluster/jobs", json=later, headers=auth(secret)) as response:
+            assert response.status == 200
+            ids.append((await response.json())["job_id"])
+    for node, path, body in ((third, "/cluster/jobs", later), (first, "/cluster/jobs/batch", {"jobs": [later]})):
+        async with http.post(f"{node.url}{path}", json=body, headers=auth(secret)) as response:
+            assert response.status == 429
+            assert response.headers["Retry-After"].isdigit()
+            assert (await response.json())["error"]["code"] == "quota_exceeded"
+    async with http.post(f"{third.url}/cluster/jobs", json=later, headers=auth(OPERATOR_KEY)) as response:
+        assert response.status == 200  # other keys are not affected
+    async with http.delete(f"{second.url}/cluster/jobs/{ids[0]}", headers=auth(OPERATOR_KEY)) as response:
+        assert response.status == 200  # cancelled: its place is free again, whoever cancelled it
+    async with http.post(f"{third.url}/cluster/jobs", json=JOB, headers=auth(secret)) as response:
+        assert response.status == 200
+        quick = (await response.json())["job_id"]
+    async with asyncio.timeout(10):  # it runs and completes: its place is free again
+        while True:
+            async with http.post(f"{first.url}/cluster/jobs", json=later, headers=auth(secret)) as response:
+                if response.status == 200:
+                    break
+            await asyncio.sleep(0.05)
+    async with http.get(f"{first.url}/cluster/jobs/{quick}", headers=auth()) as response:
+        assert (await response.json())["job"]["status"] == "completed"
+    async with asyncio.timeout(5):  # the other nodes write their entries within ~100 ms
+        while True:
+            async with http.get(f"{first.url}/audit?actor=bounded&action=job.", headers=auth()) as response:
+                statuses = [entry["status"] for entry in (await response.json())["entries"]]
+            if statuses.count(200) == 4:  # 2 pending, the quick one, the last one
+                break
+            await asyncio.sleep(0.05)
+    assert statuses.count(429) >= 2
+
+
 # ----------------------------------------------------------------------------------------------- TLS
 
 

@@ -15,6 +15,7 @@ from actors.core import ActorDeadError
 from actors.submit_writer import MAX_JOBS_PER_CALL, SubmitWriter
 from secauto.metrics import NodeMetrics
 from secauto.models import Event, Job, new_job_id, utc_now
+from secauto.store.jobs import Quota, QuotaExceeded
 
 
 class RecordingQueue:
@@ -25,14 +26,19 @@ class RecordingQueue:
         self.gate = asyncio.Event()
         self.gate.set()
         self.error: Exception | None = None
+        self.quotas: list[Quota | None] = []  # per call
+        self.full: set[str] = set()  # key names whose quota refuses
 
     async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, delays_ms: Sequence[int] | None = None,
-                     durable_replicas: int = 0, durable_timeout_ms: int = 0) -> int:
+                     durable_replicas: int = 0, durable_timeout_ms: int = 0, quota: Quota | None = None) -> int:
         assert [event.job_id for event in events] == [job.id for job in jobs]
         self.calls.append(([job.id for job in jobs], list(delays_ms or []), durable_replicas))
+        self.quotas.append(quota)
         await self.gate.wait()
         if self.error is not None:
             raise self.error
+        if quota is not None and quota.key_name in self.full:
+            raise QuotaExceeded(quota.max_pending, quota.max_pending)
         return len(jobs)
 
 
@@ -121,3 +127,22 @@ async def test_a_request_that_gave_up_does_not_break_the_others(writer: Any) -> 
     queue.gate.set()
     await asyncio.gather(first, kept)
     assert [len(ids) for ids, _, _ in queue.calls] == [1, 2]  # already taken in: it is stored all the same
+
+
+async def test_a_submission_with_a_quota_goes_alone_and_only_it_is_refused(writer: Any) -> None:
+    submit_writer, queue, _ = writer
+    queue.gate.clear()
+    first = submit_writer.add([job()])
+    await asyncio.sleep(0)  # the first call is in flight; the rest queue up behind it
+    bounded, full = Quota(key_name="ci", max_pending=5), Quota(key_name="flood", max_pending=1)
+    queue.full.add("flood")
+    plain = [submit_writer.add([job()]) for _ in range(3)]
+    quota_ok = submit_writer.add([job(), job()], quota=bounded)
+    refused = submit_writer.add([job()], quota=full)
+    more = [submit_writer.add([job()]) for _ in range(2)]
+    queue.gate.set()
+    results = await asyncio.gather(first, *plain, quota_ok, refused, *more, return_exceptions=True)
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 3, 2, 1, 2]  # quota'd ones never share a call
+    assert queue.quotas == [None, None, bounded, full, None]
+    assert isinstance(results[5], QuotaExceeded)
+    assert all(result is None for index, result in enumerate(results) if index != 5)

@@ -1,7 +1,7 @@
 -- Cancel a job. Pending: at once. Running: the record says cancelled at once (so every later write of
 -- the running attempt is refused) and job.cancelled names the node, whose executor stops the attempt.
 -- KEYS[1] job key, KEYS[2] queue ZSET, KEYS[3] delayed ZSET, KEYS[4] running ZSET, KEYS[5] load HASH,
--- KEYS[6] tag HASH
+-- KEYS[6] tag HASH, KEYS[7] quota pending HASH, KEYS[8] quota owner HASH
 -- ARGV[1] job id, ARGV[2] now (RFC 3339), ARGV[3] events channel, ARGV[4] retention s,
 -- ARGV[5] control channel (the running node hears about it there)
 -- Returns the status before the call ('' when there is no such job); only pending and running change.
@@ -19,6 +19,7 @@ if status == 'running' then
   rest = append_attempt(rest, attempt_entry(tonumber(h.attempt), node, tok_str(h.started_at), now_iso, 'cancelled',
                                             nil))
 end
+release_quota(id, KEYS[8], KEYS[7])
 h.status = '"cancelled"'
 h.reason = '"cancelled"'
 h.completed_at = jstr(now_iso)

@@ -11,7 +11,8 @@
 -- ARGV[9] backoff ms (retry), ARGV[10] DLQ cap, ARGV[11] DLQ retention s, ARGV[12] second event JSON or '',
 -- ARGV[13] job key prefix (to delete records trimmed out of the DLQ), ARGV[14] avoid window ms (retry),
 -- ARGV[15] the attempt's run time in ms, ARGV[16] cap of the recent-ends list, ARGV[17] control channel
--- KEYS[9] recent-ends LIST ("end_ms status node duration_ms", newest first)
+-- KEYS[9] recent-ends LIST ("end_ms status node duration_ms", newest first), KEYS[10] quota pending
+-- HASH, KEYS[11] quota owner HASH (completed and dead release the job's quota)
 -- Returns 1 when written, 0 when the writer is stale (job re-assigned, cancelled or gone).
 local job_key, running, queue, sequence, delayed, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, outcome = ARGV[1], ARGV[5]
@@ -30,6 +31,7 @@ release_slot(h, KEYS[7], KEYS[8])
 redis.call('LPUSH', KEYS[9], string.format('%d %s %s %d', now, outcome == 'completed' and 'completed' or 'failed',
                                           ARGV[2], tonumber(ARGV[15])))
 redis.call('LTRIM', KEYS[9], 0, tonumber(ARGV[16]) - 1)
+if outcome ~= 'retry' then release_quota(id, KEYS[11], KEYS[10]) end
 if outcome == 'completed' then
   redis.call('SET', job_key, ARGV[4], 'EX', ARGV[6])
 elseif outcome == 'retry' then

@@ -197,3 +197,14 @@ local function rendezvous(key, names)
   end
   return best
 end
+
+-- Quotas (max_pending per API key) ------------------------------------------------------------------
+-- A job submitted by a key with a quota has a field in the owner HASH (job id -> key name) and counts in
+-- the pending HASH (key name -> live jobs) until it ends for good; then every script that records such
+-- an end calls this. For a job without a quota it costs one HGET that finds nothing.
+local function release_quota(id, owner_key, pending_key)
+  local owner = redis.call('HGET', owner_key, id)
+  if not owner then return end
+  redis.call('HDEL', owner_key, id)
+  if redis.call('HINCRBY', pending_key, owner, -1) <= 0 then redis.call('HDEL', pending_key, owner) end
+end

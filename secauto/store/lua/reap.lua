@@ -8,7 +8,8 @@
 -- Leader-fenced: with a non-empty ARGV[1] the caller must hold the leader lease (a deposed leader
 -- changes nothing). A restarting node recovering its own jobs passes '' (they are assigned to it).
 -- KEYS[1] running ZSET, KEYS[2] queue ZSET, KEYS[3] sequence, KEYS[4] delayed ZSET, KEYS[5] dlq ZSET,
--- KEYS[6] leader key, KEYS[7] load HASH, KEYS[8] tag HASH
+-- KEYS[6] leader key, KEYS[7] load HASH, KEYS[8] tag HASH, KEYS[9] quota pending HASH, KEYS[10] quota
+-- owner HASH (a job failed for good releases its quota)
 -- ARGV[1] leader token or '', ARGV[2] job key prefix, ARGV[3] events channel, ARGV[4] now (RFC 3339),
 -- ARGV[5] max jobs per call, ARGV[6] DLQ retention s, ARGV[7] DLQ cap, ARGV[8] backoff base ms,
 -- ARGV[9] backoff cap ms, ARGV[10] mode, ARGV[11] poison limit, ARGV[12] avoid window ms,
@@ -67,6 +68,7 @@ for _, target in ipairs(targets) do
       if reason == 'poison' then
         h.error = jstr('quarantined: ' .. losses .. ' attempts ended with their node lost; last: ' .. message)
       end
+      release_quota(id, KEYS[10], KEYS[9])
       h.status = '"failed"'
       h.reason = jstr(reason)
       h.completed_at = jstr(now_iso)
