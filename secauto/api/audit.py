@@ -16,6 +16,7 @@ from aiohttp import web
 from msgspec import UNSET, UnsetType
 
 from actors.audit import FlushAudit
+from secauto.api.errors import ApiError, ErrorDetail
 from secauto.api.inputs import parse_query
 from secauto.api.roles import requires
 from secauto.api.spec import operation, respond, whole
@@ -24,13 +25,18 @@ from secauto.models import utc_now
 from secauto.store.audit import AuditEntry, AuditRecord
 
 MAX_SCAN = 5000  # stream entries one request may read while filtering
+RFC3339 = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
+_moment = msgspec.json.Decoder(Annotated[datetime.datetime, msgspec.Meta(tz=True)])
 
 
 class AuditQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     actor: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | UnsetType = UNSET
     # An exact action (job.submit), or a family ending with a dot (job.).
     action: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | UnsetType = UNSET
-    since: Annotated[datetime.datetime, msgspec.Meta(tz=True)] | UnsetType = UNSET  # RFC 3339 with a time zone
+    # RFC 3339 with a time zone. A string here (parsed below): converting query strings leniently would
+    # also take "0.5" as a Unix time, which the document does not promise.
+    since: Annotated[str, msgspec.Meta(pattern=whole(RFC3339), description="RFC 3339, e.g. 2024-01-15T10:00:00Z")
+                     ] | UnsetType = UNSET
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50
     cursor: Annotated[str, msgspec.Meta(pattern=whole(r"[0-9]{1,20}-[0-9]{1,20}"))] | UnsetType = UNSET
 
@@ -76,10 +82,16 @@ def _matches(entry: AuditEntry, query: AuditQuery) -> bool:
 
 
 def _since_ms(query: AuditQuery) -> int | None:
+    """``since`` in ms; 400 naming it for a date that does not exist (2024-02-30)."""
     if query.since is UNSET:
         return None
     try:
-        return max(0, int(query.since.timestamp() * 1000))
+        moment = _moment.decode(msgspec.json.encode(query.since))
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "validation_error", "invalid query parameters",
+                       [ErrorDetail(field="since", message=str(exc), path="$.since")]) from None
+    try:
+        return max(0, int(moment.timestamp() * 1000))
     except (OverflowError, ValueError):
         return 0
 
@@ -93,11 +105,12 @@ def _since_ms(query: AuditQuery) -> int | None:
                        "answer fewer than `limit` entries together with a cursor to go on from.")
 async def list_audit(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, AuditQuery)
+    since_ms = _since_ms(query)
     await request.app[SYSTEM].get("audit").ask(FlushAudit(), timeout=5.0)
     store = request.app[AUDIT_STORE]
     before = query.cursor if query.cursor is not UNSET else None
     # Entries past the retention may wait for the next write to be trimmed: never list them.
-    since = max(_since_ms(query) or 0, store.oldest_kept_ms(int(time.time() * 1000))) or None
+    since = max(since_ms or 0, store.oldest_kept_ms(int(time.time() * 1000))) or None
     found: list[AuditView] = []
     scanned, more = 0, True
     while more and len(found) < query.limit and scanned < MAX_SCAN:

@@ -174,6 +174,7 @@ async def test_audit_filters_and_cursor_pages(http: aiohttp.ClientSession) -> No
     assert [e["action"] for e in await audit_entries(http, "?action=key.")] == ["key.create"]
     assert len(await audit_entries(http, "?action=job.submit")) == 3
     assert await audit_entries(http, "?since=2999-01-01T00:00:00Z") == []
+    assert len(await audit_entries(http, "?since=2000-01-01T00:00:00.5%2B02:00")) == 4
     seen: list[str] = []
     cursor = ""
     while True:
@@ -185,7 +186,8 @@ async def test_audit_filters_and_cursor_pages(http: aiohttp.ClientSession) -> No
         cursor = f"&cursor={page['next_cursor']}"
     everything = [entry["id"] for entry in await audit_entries(http)]
     assert seen == everything and len(everything) == 4 and everything == sorted(everything, reverse=True)
-    for bad in ("?limit=0", "?limit=501", "?cursor=12", "?since=yesterday", "?actor=", "?colour=red"):
+    for bad in ("?limit=0", "?limit=501", "?cursor=12", "?since=yesterday", "?since=0.5", "?actor=", "?colour=red",
+                "?since=2024-02-30T00:00:00Z", "?since=2024-01-01T00:00:00"):
         async with http.get(f"/audit{bad}", headers=auth()) as response:
             assert response.status == 400, bad
 
