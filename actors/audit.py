@@ -45,17 +45,22 @@ class FlushAudit(msgspec.Struct, frozen=True):
 class AuditActor(Actor):
     mailbox_size = MAX_BUFFERED
 
-    def __init__(self, node_id: str, store: AuditStore, metrics: NodeMetrics) -> None:
+    def __init__(self, node_id: str, store: AuditStore, metrics: NodeMetrics, *, flush_delay: float = FLUSH_DELAY_S,
+                 retry_delay: float = RETRY_S, max_buffered: int = MAX_BUFFERED) -> None:
         self.store = store
         self.metrics = metrics
+        self.flush_delay = flush_delay
+        self.retry_delay = retry_delay
+        self.max_buffered = max_buffered
         self.buffer: list[AuditEntry] = []
         self.flush_planned = False
+        self.backing_off = False  # the last write failed: wait for the retry timer, do not flush early
         self.log = logger.bind(component="audit", node_id=node_id)
 
     async def on_start(self) -> None:
         self.flush_planned = False
         if self.buffer:
-            self._plan_flush(FLUSH_DELAY_S)
+            self._plan_flush(self.flush_delay)
 
     async def on_stop(self) -> None:
         if self.buffer:
@@ -70,16 +75,16 @@ class AuditActor(Actor):
             case RecordAudit(entry=entry):
                 self._log(entry)
                 self.buffer.append(entry)
-                if len(self.buffer) > MAX_BUFFERED:
-                    dropped = len(self.buffer) - MAX_BUFFERED
+                if len(self.buffer) > self.max_buffered:
+                    dropped = len(self.buffer) - self.max_buffered
                     del self.buffer[:dropped]
                     self.metrics.audit_entries.labels(result="dropped").inc(dropped)
                     self.log.error("audit buffer full (Redis unreachable?): dropped the {} oldest entries "
                                    "(they are in the log)", dropped)
-                if len(self.buffer) >= FLUSH_AT:
+                if len(self.buffer) >= FLUSH_AT and not self.backing_off:
                     await self._flush()
                 elif not self.flush_planned:
-                    self._plan_flush(FLUSH_DELAY_S)
+                    self._plan_flush(self.flush_delay)
             case FlushAudit():
                 if self.buffer:
                     await self._flush()
@@ -96,9 +101,12 @@ class AuditActor(Actor):
         self.cancel_timer("flush")
         try:
             await self._write()
+            self.backing_off = False
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            self.log.warning("cannot store {} audit entries ({}); retrying in {:g}s", len(self.buffer), exc, RETRY_S)
-            self._plan_flush(RETRY_S)
+            self.backing_off = True
+            self.log.warning("cannot store {} audit entries ({}); retrying in {:g}s", len(self.buffer), exc,
+                             self.retry_delay)
+            self._plan_flush(self.retry_delay)
 
     async def _write(self) -> None:
         batch = self.buffer

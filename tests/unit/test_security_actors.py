@@ -1,0 +1,128 @@
+"""The audit and keys actors when Redis fails: audit entries wait and are written once Redis answers
+(the oldest dropped beyond the buffer, counted); the keys actor keeps the keys it has."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from actors.audit import FLUSH_AT, AuditActor, FlushAudit, RecordAudit
+from actors.core import ActorSystem
+from actors.keys import CheckKeys, KeysActor, ReloadKeys
+from secauto.config import ApiKey
+from secauto.keyring import KeyRing, digest_of
+from secauto.metrics import NodeMetrics
+from secauto.store.apikeys import StoredKey
+from secauto.store.audit import AuditEntry
+
+
+def entry(n: int) -> AuditEntry:
+    return AuditEntry(timestamp="2024-01-01T00:00:00.000Z", actor="ops", role="operator", action="job.submit",
+                      target=f"job-{n}", source_ip="127.0.0.1", outcome="success", status=200, node_id="n")
+
+
+class FlakyAuditStore:
+    """Fails the first ``failures`` appends, then stores."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.stored: list[AuditEntry] = []
+
+    async def append(self, entries: Sequence[AuditEntry], now_ms: int) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RedisConnectionError("Connection refused")
+        self.stored.extend(entries)
+
+
+async def wait_for(condition: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+def written(metrics: NodeMetrics, result: str) -> float:
+    return metrics.audit_entries.labels(result=result)._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_audit_entries_wait_for_redis_and_are_written_once_in_order() -> None:
+    store, metrics = FlakyAuditStore(failures=1_000_000), NodeMetrics("n")
+    system = ActorSystem("t")
+    actor = AuditActor("n", store, metrics, flush_delay=0.01, retry_delay=60)  # type: ignore[arg-type]
+    ref = await system.spawn(actor, name="audit")
+    try:
+        for n in range(FLUSH_AT + 50):
+            ref.tell(RecordAudit(entry(n)))
+        await wait_for(lambda: len(actor.buffer) == FLUSH_AT + 50)
+        assert store.calls <= 2  # past FLUSH_AT while Redis is down: no write attempt per entry
+        store.failures = 0  # Redis is back
+        await ref.ask(FlushAudit())
+        assert [e.target for e in store.stored] == [f"job-{n}" for n in range(FLUSH_AT + 50)]
+        assert written(metrics, "written") == FLUSH_AT + 50 and written(metrics, "dropped") == 0
+        ref.tell(RecordAudit(entry(999)))  # and the next entries are written without waiting for a retry
+        await wait_for(lambda: len(store.stored) == FLUSH_AT + 51)
+    finally:
+        await system.stop()
+
+
+async def test_audit_buffer_is_bounded_and_drops_the_oldest() -> None:
+    store, metrics = FlakyAuditStore(failures=1_000_000), NodeMetrics("n")
+    system = ActorSystem("t")
+    ref = await system.spawn(AuditActor("n", store, metrics, flush_delay=0.01, retry_delay=60, max_buffered=10),  # type: ignore[arg-type]
+                             name="audit")
+    try:
+        for n in range(25):
+            ref.tell(RecordAudit(entry(n)))
+        await wait_for(lambda: written(metrics, "dropped") == 15)
+        store.failures = 0
+        await ref.ask(FlushAudit())
+        assert [e.target for e in store.stored] == [f"job-{n}" for n in range(15, 25)]
+    finally:
+        await system.stop()
+
+
+class FlakyKeyStore:
+    def __init__(self) -> None:
+        self.down = True
+        self.keys: list[StoredKey] = []
+        self.version_number = 1
+
+    async def load(self) -> tuple[int, list[StoredKey]]:
+        if self.down:
+            raise RedisConnectionError("Connection refused")
+        return self.version_number, list(self.keys)
+
+    async def version(self) -> int:
+        if self.down:
+            raise RedisConnectionError("Connection refused")
+        return self.version_number
+
+    async def record_usage(self, usage: object) -> None:
+        if self.down:
+            raise RedisConnectionError("Connection refused")
+
+
+async def test_keys_actor_starts_without_redis_and_loads_once_it_answers() -> None:
+    config_key = ApiKey(name="admin", sha256=digest_of("config-secret"), role="admin")
+    ring, store = KeyRing([config_key]), FlakyKeyStore()
+    system = ActorSystem("t")
+    ref = await system.spawn(KeysActor("n", store, ring, check_interval=3600, flush_interval=3600),  # type: ignore[arg-type]
+                             name="keys")
+    try:
+        assert ring.identity_for_digest(digest_of("config-secret")) == config_key  # config keys work at once
+        ring.touch("admin")
+        ref.tell(CheckKeys())  # Redis still down: logged, nothing lost
+        store.down = False
+        store.keys = [StoredKey(name="ci", sha256=digest_of("api-secret").hex(), role="viewer",
+                                created_at="2024-01-01T00:00:00.000Z")]
+        ref.tell(CheckKeys())
+        await wait_for(lambda: ring.identity_for_digest(digest_of("api-secret")) is not None)
+        store.keys = []
+        store.version_number = 2
+        assert await ref.ask(ReloadKeys()) == 2
+        assert ring.identity_for_digest(digest_of("api-secret")) is None
+    finally:
+        await system.stop()
