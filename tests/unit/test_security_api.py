@@ -18,6 +18,7 @@ from loguru import logger
 from actors.keys import FlushUsage
 from secauto.api.middlewares import API_CSP, security_headers
 from secauto.api.spec import declared_operation
+from secauto.keyring import digest_of
 from secauto.node import Node
 from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth, node_settings, running_node
 
@@ -77,6 +78,25 @@ async def test_key_lifecycle_create_use_list_revoke(http: aiohttp.ClientSession,
         assert response.status == 200
     async with http.get("/cluster", headers=auth(secret)) as response:
         assert response.status == 401  # revoked on this node by the time DELETE answered
+
+
+async def test_a_new_key_and_its_digest_never_reach_the_logs(http: aiohttp.ClientSession, node: Node) -> None:
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message.record["message"]) + repr(message.record["extra"])),
+                      level="TRACE")
+    try:
+        made = await make_key(http, name="quiet", role="operator")
+        async with http.post("/cluster/jobs", json=JOB, headers=auth(made["api_key"])) as response:
+            assert response.status == 200
+        await node.system.get("keys").ask(FlushUsage())
+        await audit_entries(http)
+    finally:
+        logger.remove(sink)
+    text = "\n".join(lines)
+    assert "quiet" in text  # the key's name is logged (audit lines) ...
+    secret = made["api_key"]
+    assert secret not in text and secret[8:30] not in text  # ... never the key ...
+    assert digest_of(secret).hex() not in text  # ... nor its digest
 
 
 async def test_last_used_is_flushed_in_one_batch(http: aiohttp.ClientSession, node: Node) -> None:
