@@ -4,6 +4,7 @@ to a TLS redis-server with a CA and certificates made by the test."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -97,6 +98,15 @@ async def test_a_key_made_on_one_node_works_on_all_and_its_revocation_holds_with
     assert listed == ["admin", "ops", "view"]
     async with http.delete(f"{third.url}/keys/admin", headers=auth()) as response:
         assert response.status == 409  # config keys cannot be deleted through the API
+
+
+async def test_expiry_holds_on_every_node_at_once(nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    expires = time.time() + 1.0
+    moment = datetime.datetime.fromtimestamp(expires, datetime.UTC).isoformat(timespec="milliseconds")
+    secret = await create_key(http, nodes[0], "brief", expires_at=moment)
+    assert [await status_of(http, node, secret) for node in nodes] == [200, 200, 200]
+    await asyncio.sleep(max(0.0, expires - time.time()) + 0.01)
+    assert [await status_of(http, node, secret) for node in nodes] == [401, 401, 401]  # no reload needed
 
 
 async def test_revocation_holds_within_a_second_even_when_the_notice_is_lost(
