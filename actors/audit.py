@@ -6,9 +6,10 @@ the others of its batch in one script call :data:`FLUSH_DELAY_S` after the first
 (or as soon as :data:`FLUSH_AT` are waiting). So on a hard crash (SIGKILL, power loss) the entries of
 the last ~100 ms are missing from the stream, though not from the log; a graceful stop writes them.
 
-While Redis is unreachable the entries wait, up to :data:`MAX_BUFFERED` (the oldest are dropped beyond
-that, with an error log and ``secauto_audit_entries_total{result="dropped"}``), and the flush is
-retried every :data:`RETRY_S` seconds.
+While Redis is unreachable (or read-only: a demoted primary during a failover) the entries wait, up to
+:data:`MAX_BUFFERED` (the oldest are dropped beyond that, with an error log and
+``secauto_audit_entries_total{result="dropped"}``), and the flush is retried every :data:`RETRY_S`
+seconds. No Redis error crashes the actor (a crash loop would take the node down).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.core import Actor
@@ -29,6 +31,8 @@ FLUSH_DELAY_S = 0.1
 FLUSH_AT = 200
 MAX_BUFFERED = 10_000
 RETRY_S = 1.0
+# Redis unreachable, or a demoted primary during a Sentinel failover (until the heartbeat follows it).
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 
 class RecordAudit(msgspec.Struct, frozen=True):
@@ -66,7 +70,7 @@ class AuditActor(Actor):
         if self.buffer:
             try:
                 await self._write()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except _REDIS_ERRORS as exc:
                 self.log.error("{} audit entries could not be stored at shutdown ({}); they are in the log",
                                len(self.buffer), exc)
 
@@ -102,7 +106,7 @@ class AuditActor(Actor):
         try:
             await self._write()
             self.backing_off = False
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except _REDIS_ERRORS as exc:
             self.backing_off = True
             self.log.warning("cannot store {} audit entries ({}); retrying in {:g}s", len(self.buffer), exc,
                              self.retry_delay)

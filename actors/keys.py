@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.core import Actor
@@ -28,7 +29,8 @@ from secauto.store.apikeys import KeyStore
 
 CHECK_INTERVAL_S = 0.5
 USAGE_FLUSH_S = 5.0
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+# Redis unreachable, or a demoted primary during a Sentinel failover (the usage write is refused there).
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 
 class CheckKeys(msgspec.Struct, frozen=True):

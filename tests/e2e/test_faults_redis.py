@@ -303,7 +303,8 @@ async def test_sentinel_failover_under_load(tmp_path: Path, redis_process_factor
 # Keys without a TTL that are bounded by construction (see secauto/store/keys.py), by name prefix.
 BOUNDED = ("secauto:jobs:", "secauto:running:", "secauto:delayed:", "secauto:dlq:", "secauto:node-index:",
            "secauto:load:", "secauto:capacity:", "secauto:tag-running:", "secauto:rr:", "secauto:seq:",
-           "secauto:job-index:", "secauto:recent:")
+           "secauto:job-index:", "secauto:recent:", "secauto:keys:", "secauto:keys-version:", "secauto:keys-used:",
+           "secauto:audit:", "secauto:quota:", "secauto:quota-owner:")
 
 
 async def test_retention_every_key_bounded_or_expiring(tmp_path: Path, redis_url: str,

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 
 from actors.audit import FLUSH_AT, AuditActor, FlushAudit, RecordAudit
 from actors.core import ActorSystem
@@ -24,17 +25,18 @@ def entry(n: int) -> AuditEntry:
 
 
 class FlakyAuditStore:
-    """Fails the first ``failures`` appends, then stores."""
+    """Fails the first ``failures`` appends (unreachable, or read-only as a demoted primary), then stores."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
         self.failures = failures
+        self.error = error or RedisConnectionError("Connection refused")
         self.calls = 0
         self.stored: list[AuditEntry] = []
 
     async def append(self, entries: Sequence[AuditEntry], now_ms: int) -> None:
         self.calls += 1
         if self.calls <= self.failures:
-            raise RedisConnectionError("Connection refused")
+            raise self.error
         self.stored.extend(entries)
 
 
@@ -64,6 +66,19 @@ async def test_audit_entries_wait_for_redis_and_are_written_once_in_order() -> N
         assert written(metrics, "written") == FLUSH_AT + 50 and written(metrics, "dropped") == 0
         ref.tell(RecordAudit(entry(999)))  # and the next entries are written without waiting for a retry
         await wait_for(lambda: len(store.stored) == FLUSH_AT + 51)
+    finally:
+        await system.stop()
+
+
+async def test_a_read_only_primary_during_a_failover_does_not_crash_the_audit_actor() -> None:
+    store = FlakyAuditStore(failures=20, error=ReadOnlyError("You can't write against a read only replica."))
+    system = ActorSystem("t")
+    ref = await system.spawn(AuditActor("n", store, NodeMetrics("n"), flush_delay=0.001, retry_delay=0.001),  # type: ignore[arg-type]
+                             name="audit")
+    try:
+        ref.tell(RecordAudit(entry(1)))
+        await wait_for(lambda: store.stored)
+        assert ref.is_alive and system.fatal is None and store.calls == 21
     finally:
         await system.stop()
 
