@@ -32,7 +32,7 @@ from secauto.api.auth import allows, presented_key
 from secauto.api.errors import HTTP_CODES, RETRY_AFTER_S, ApiError, error_response
 from secauto.api.peers import request_address
 from secauto.api.roles import METRICS_ROLE, PUBLIC, declared_role
-from secauto.api.spec import Handler, declared_operation
+from secauto.api.spec import Handler, declared_audit
 from secauto.api.state import (
     AUDIT_TARGET,
     CALLER,
@@ -179,15 +179,15 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def audit_action(request: web.Request, status: int) -> str | None:
     """The audit trail's name for this request, or None when it is not audited (a read that was not
-    refused, or a route nobody declared: 404/405)."""
-    op = declared_operation(request.match_info.handler)
-    if op is None:
+    refused, or no route matched: 404/405). Covers the API's routes and the dashboard's alike."""
+    if request.match_info.http_exception is not None:
         return None
-    changes = request.method not in _READ_METHODS and op.audit is not False
+    declared = declared_audit(request.match_info.handler)
+    changes = request.method not in _READ_METHODS and declared is not False
     if not changes and status not in REFUSED_STATUSES:
         return None
-    if isinstance(op.audit, str):
-        return op.audit
+    if isinstance(declared, str):
+        return declared
     resource = request.match_info.route.resource
     return f"{request.method} {resource.canonical if resource is not None else request.path}"
 

@@ -31,6 +31,7 @@ H = TypeVar("H", bound=Handler)
 JSON = "application/json"
 REF_TEMPLATE = "#/components/schemas/{name}"
 _OPERATION_ATTR = "__secauto_operation__"
+_AUDIT_ATTR = "__secauto_audit__"
 
 
 def whole(regex: str) -> str:
@@ -95,6 +96,23 @@ def operation(summary: str, *, ok: Any, body: Any = None, query: Any = None, pat
 
 def declared_operation(handler: Any) -> Operation | None:
     return getattr(handler, _OPERATION_ATTR, None)
+
+
+def audited(action: str | bool) -> Callable[[H], H]:
+    """The audit action of a handler outside the API's operations (the dashboard's): as
+    ``operation(audit=...)``. Without it such a route is audited as ``"<METHOD> <route>"`` too."""
+
+    def mark(handler: H) -> H:
+        setattr(handler, _AUDIT_ATTR, action)
+        return handler
+
+    return mark
+
+
+def declared_audit(handler: Any) -> str | bool | None:
+    """The audit action a handler declared (by its operation or :func:`audited`), or None."""
+    op = declared_operation(handler)
+    return op.audit if op is not None else getattr(handler, _AUDIT_ATTR, None)
 
 
 def current_operation(request: web.Request) -> Operation:

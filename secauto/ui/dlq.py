@@ -14,7 +14,8 @@ import msgspec
 from aiohttp import web
 
 from secauto.api.cluster import JOB_ID_PATTERN
-from secauto.api.state import SYSTEM
+from secauto.api.spec import audited
+from secauto.api.state import AUDIT_TARGET, SYSTEM
 from secauto.operations import dead_letters, delete_dead_letter, requeue_dead_letter
 from secauto.ui.access import access
 from secauto.ui.errors import PageError, read_query
@@ -92,6 +93,7 @@ async def dlq_confirm(request: web.Request) -> web.StreamResponse:
 async def _act(request: web.Request, action: Literal["requeue", "delete"]) -> web.StreamResponse:
     form = await request.post()
     jobs = _selected([value for value in form.getall("job", []) if isinstance(value, str)])
+    request[AUDIT_TARGET] = ",".join(jobs)[:200]
     if form.get("count") != str(len(jobs)):
         raise PageError(400, "count: does not match the selected jobs; go back to the dead-letter queue and "
                              "select again.")
@@ -107,11 +109,13 @@ async def _act(request: web.Request, action: Literal["requeue", "delete"]) -> we
 
 
 @access("operator")
+@audited("dlq.requeue")
 async def dlq_requeue(request: web.Request) -> web.StreamResponse:
     return await _act(request, "requeue")
 
 
 @access("admin")
+@audited("dlq.delete")
 async def dlq_delete(request: web.Request) -> web.StreamResponse:
     return await _act(request, "delete")
 

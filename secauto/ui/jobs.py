@@ -14,7 +14,7 @@ from aiohttp import web
 from actors.core import ActorRef
 from actors.messages import GetJob
 from secauto.api.cluster import JOB_ID_PATTERN
-from secauto.api.spec import whole
+from secauto.api.spec import audited, whole
 from secauto.api.state import SYSTEM
 from secauto.models import JobStatus, JobView, job_view_decoder
 from secauto.operations import CANCELLABLE, RETRYABLE, Change, JobFilter, cancel_job, find_jobs, retry_job
@@ -111,11 +111,13 @@ async def _change(request: web.Request, change: Callable[[ActorRef, str], Awaita
 
 
 @access("operator")
+@audited("job.cancel")
 async def cancel(request: web.Request) -> web.StreamResponse:
     return await _change(request, cancel_job, "cancelled", "not_cancellable")
 
 
 @access("operator")
+@audited("job.retry")
 async def retry(request: web.Request) -> web.StreamResponse:
     return await _change(request, retry_job, "retried", "not_retryable")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from secauto.api.auth import authenticate, key_digest
-from secauto.api.state import KEYRING
+from secauto.api.spec import audited
+from secauto.api.state import CALLER, KEYRING
 from secauto.ui.access import PUBLIC, access
 from secauto.ui.errors import PageError
 from secauto.ui.render import render
@@ -46,6 +47,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 
 
 @access(PUBLIC)
+@audited("ui.login")
 async def login(request: web.Request) -> web.StreamResponse:
     """Check the key; start a session (a new id, replacing any the browser had) and go to ``next``."""
     throttle = request.app[THROTTLE]
@@ -64,6 +66,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         await throttle.record_failure(address)
         return _login_page(request, next_url=next_url, message="Invalid API key.", status=401)
     await throttle.clear(address)
+    request[CALLER] = identity  # the audit entry's actor (IDENTITY stays unset: not logged in when it came)
     sessions = request.app[SESSIONS]
     previous = request.cookies.get(COOKIE)
     if previous:
@@ -75,6 +78,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 @access("viewer")
+@audited("ui.logout")
 async def logout(request: web.Request) -> web.StreamResponse:
     """End the session (in the store: every node forgets it) and go back to the login page."""
     visitor = request[VISITOR]
