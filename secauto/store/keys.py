@@ -127,8 +127,8 @@ class Keys:
         # ZSET key name -> last use (ms), written in batches with ZADD GT (newest wins across nodes).
         # One member per key name in use (config or API); a deleted API key's member is removed.
         self.key_usage = f"{PREFIX}:keys-used:{cluster}"
-        # STREAM of audit entries; every XADD trims it to security.audit_max_entries (approximately) and
-        # every batch trims entries older than security.audit_retention (XTRIM MINID).
+        # STREAM of audit entries; every batch (lua/audit.lua) trims it to security.audit_max_entries and
+        # drops the entries older than security.audit_retention.
         self.audit = f"{PREFIX}:audit:{cluster}"
         # HASH key name -> jobs waiting, pending or running that the key submitted, for the keys with a
         # max_pending quota. One field per such key; fields at 0 are removed.
