@@ -27,7 +27,7 @@ from secauto.api.errors import ApiError, ErrorDetail
 from secauto.api.inputs import read_json, read_optional_json
 from secauto.api.roles import requires
 from secauto.api.spec import operation, respond
-from secauto.api.state import ENGINE, IDENTITY, SYSTEM
+from secauto.api.state import AUDIT_TARGET, ENGINE, IDENTITY, SYSTEM
 from secauto.engine import PlaybookInvalid
 from secauto.models import utc_now
 from secauto.schedules.definition import ScheduleRecord, resolve_steps
@@ -221,16 +221,17 @@ async def list_schedules(request: web.Request) -> web.StreamResponse:
 
 
 @requires("operator")
-@operation("Create a schedule", body=ScheduleSpec, ok=ScheduleResponse, errors=(409,),
+@operation("Create a schedule", body=ScheduleSpec, ok=ScheduleResponse, errors=(409,), audit="schedule.create",
            description="409 if the name exists (PUT replaces). The playbook is resolved and validated now.")
 async def create_schedule(request: web.Request) -> web.StreamResponse:
     spec = await read_json(request, ScheduleSpec)
+    request[AUDIT_TARGET] = spec.name
     return await _save(request, build_record(spec, request), "create")
 
 
 @requires("operator")
 @operation("Create or replace a schedule", body=ScheduleReplacement, ok=ScheduleResponse,
-           path={"name": ScheduleName}, errors=(409,),
+           path={"name": ScheduleName}, errors=(409,), audit="schedule.put",
            description="The same definition again changes nothing; a changed one keeps the history, the pause "
                        "and, unless cron/every, timezone, jitter or enabled changed, the pending slot. 409 "
                        "managed_by_config for a schedule from config.yaml.")
@@ -255,7 +256,8 @@ async def get_schedule(request: web.Request) -> web.StreamResponse:
 
 @requires("operator")
 @operation("Delete a schedule made through the API", ok=ScheduleDeletedResponse, path={"name": ScheduleName},
-           errors=(404, 409), description="Its jobs are left alone. 409 managed_by_config for a config schedule.")
+           errors=(404, 409), audit="schedule.delete",
+           description="Its jobs are left alone. 409 managed_by_config for a config schedule.")
 async def delete_schedule(request: web.Request) -> web.StreamResponse:
     name = name_from(request)
     result = await request.app[SYSTEM].get("scheduler").ask(DeleteSchedule(name), timeout=10.0)
@@ -275,22 +277,25 @@ async def _pause(request: web.Request, *, resume: bool) -> web.StreamResponse:
 
 @requires("operator")
 @operation("Pause a schedule", body=PauseBody, body_required=False, ok=ScheduleResponse, path={"name": ScheduleName},
-           errors=(404,), description="Its slots are recorded `paused` until it is resumed. Optional body "
-                                      '`{"note": "..."}`.')
+           errors=(404,), audit="schedule.pause",
+           description="Its slots are recorded `paused` until it is resumed. Optional body "
+                       '`{"note": "..."}`.')
 async def pause_schedule(request: web.Request) -> web.StreamResponse:
     return await _pause(request, resume=False)
 
 
 @requires("operator")
 @operation("Resume a schedule", body=PauseBody, body_required=False, ok=ScheduleResponse, path={"name": ScheduleName},
-           errors=(404, 409), description="It goes on from now: the slots that passed while it was paused do not "
-                                          "fire. Resuming a schedule that is not paused changes nothing.")
+           errors=(404, 409), audit="schedule.resume",
+           description="It goes on from now: the slots that passed while it was paused do not "
+                       "fire. Resuming a schedule that is not paused changes nothing.")
 async def resume_schedule(request: web.Request) -> web.StreamResponse:
     return await _pause(request, resume=True)
 
 
 @requires("operator")
 @operation("Run one job of a schedule now", ok=TriggerResponse, path={"name": ScheduleName}, errors=(404,),
+           audit="schedule.trigger",
            description="The job's scheduled_for is now; the schedule's pending slot does not move and the "
                        "overlap policy does not apply.")
 async def trigger_schedule(request: web.Request) -> web.StreamResponse:

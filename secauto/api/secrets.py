@@ -17,7 +17,7 @@ from secauto.api.errors import ApiError
 from secauto.api.inputs import read_json
 from secauto.api.roles import requires
 from secauto.api.spec import operation, respond, whole
-from secauto.api.state import VAULT
+from secauto.api.state import AUDIT_TARGET, VAULT
 from secauto.engine.secrets import SECRET_NAME_PATTERN, secret_name_problem
 from secauto.models import utc_now
 from secauto.redaction import MIN_SECRET_LENGTH
@@ -59,12 +59,13 @@ class SecretDeletedResponse(msgspec.Struct, kw_only=True):
 
 @requires("admin")
 @operation("Store a secret (encrypted at rest; the value is never shown again)", body=SecretBody,
-           ok=SecretStoredResponse, errors=(409,),
+           ok=SecretStoredResponse, errors=(409,), audit="secret.put",
            description="Creates the secret or replaces its value. Steps use it as {{secrets.NAME}}. 409 with code "
                        "secrets_disabled when this node has no secret key (security.secret_key / "
                        f"$SECAUTO_SECRET_KEY), 409 with code conflict when {MAX_SECRETS} secrets exist already.")
 async def store_secret(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, SecretBody)
+    request[AUDIT_TARGET] = body.name  # the name only: the audit trail never sees the value
     vault = request.app[VAULT]
     if len(body.value.encode()) > MAX_SECRET_BYTES:
         raise ApiError(400, "validation_error", f"value: at most {MAX_SECRET_BYTES} bytes")
@@ -84,7 +85,7 @@ async def list_secrets(request: web.Request) -> web.StreamResponse:
 
 
 @requires("admin")
-@operation("Delete a secret", ok=SecretDeletedResponse, path={"name": SecretName}, errors=(404,),
+@operation("Delete a secret", ok=SecretDeletedResponse, path={"name": SecretName}, errors=(404,), audit="secret.delete",
            description="Jobs that still reference it fail at that step with 'unknown secret'.")
 async def delete_secret(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]

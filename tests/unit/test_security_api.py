@@ -184,6 +184,28 @@ async def test_state_changes_and_refusals_are_audited_reads_are_not(http: aiohtt
                for e in entries)
 
 
+async def test_secret_and_schedule_changes_are_audited_by_name_never_by_value() -> None:
+    value = "tok-0123456789abcdef-unique"
+    settings = node_settings("vaulted", security={"secret_key": "k" * 40, "api_keys": [
+        {"name": "admin", "key": ADMIN_KEY, "role": "admin"},
+        {"name": "ops", "key": OPERATOR_KEY, "role": "operator"}]})
+    async with running_node(settings) as node, aiohttp.ClientSession(base_url=node.url) as http:
+        async with http.post("/secrets", json={"name": "vt_token", "value": value}, headers=auth()) as response:
+            assert response.status == 200
+        schedule = {"name": "nightly", "cron": "30 2 * * *", "playbook": JOB["playbook"]}
+        async with http.post("/schedules", json=schedule, headers=auth(OPERATOR_KEY)) as response:
+            assert response.status == 200
+        async with http.post("/schedules/nightly/pause", headers=auth(OPERATOR_KEY)) as response:
+            assert response.status == 200
+        async with http.delete("/secrets/vt_token", headers=auth()) as response:
+            assert response.status == 200
+        entries = await audit_entries(http)
+    assert [(e["action"], e["target"], e["actor"]) for e in entries] == [
+        ("secret.delete", "vt_token", "admin"), ("schedule.pause", "nightly", "ops"),
+        ("schedule.create", "nightly", "ops"), ("secret.put", "vt_token", "admin")]
+    assert value not in json.dumps(entries)
+
+
 async def test_audit_filters_and_cursor_pages(http: aiohttp.ClientSession) -> None:
     for key in (OPERATOR_KEY, OPERATOR_KEY, ADMIN_KEY):
         async with http.post("/cluster/jobs", json=JOB, headers=auth(key)) as response:
