@@ -29,6 +29,25 @@ _CLIENT_OPTIONS: dict[str, Any] = {
 }
 
 
+class FollowingSentinelPool(SentinelConnectionPool):
+    """A Sentinel pool that never reuses a connection to a primary that was replaced.
+
+    redis-py drops the *idle* connections when it learns of a new primary, but a connection that was in
+    use at that moment (a command blocked by the failover's write pause, a slow script) goes back to the
+    pool still connected to the old primary, and the next command on it writes there: heartbeats,
+    leases and the leader lease land on a server whose writes are discarded when it resynchronises, so
+    a node looks dead to the others, or two nodes both believe they lead. Here such a connection is
+    disconnected as it is released; its next use connects to the current primary.
+    """
+
+    async def release(self, connection: Any) -> None:
+        stale = (self.is_master and self.master_address is not None and connection.is_connected
+                 and (connection.host, connection.port) != tuple(self.master_address))
+        if stale:
+            await connection.disconnect()
+        await super().release(connection)
+
+
 def redis_tls_options(settings: Settings) -> dict[str, Any]:
     """redis-py's TLS options for a ``rediss://`` URL: the CA bundle (``cluster.redis_ca_file``, else
     the system's trust store) and the client certificate, if configured. The server's certificate and
@@ -52,7 +71,7 @@ def open_redis(target: RedisTarget, *, password: str = "", db: int = 0, tls: dic
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.sentinels), sentinel_kwargs={"socket_connect_timeout": 2.0},
                             password=password or None, db=db, **_CLIENT_OPTIONS)
-        client: Redis = sentinel.master_for(target.service_name)
+        client: Redis = sentinel.master_for(target.service_name, connection_pool_class=FollowingSentinelPool)
         return client
     return Redis.from_url(target.url, **_CLIENT_OPTIONS, **(tls or {}))
 
