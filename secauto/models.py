@@ -15,9 +15,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
-JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+# waiting: some of its dependencies (depends_on) have not ended yet; it is in no queue.
+JobStatus = Literal["waiting", "pending", "running", "completed", "failed", "cancelled"]
 FINISHED_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# What a job does when one of its dependencies ends failed or cancelled for good.
+DependencyFailurePolicy = Literal["cancel", "run"]
 
 # Priorities are bounded so that the queue score (-priority * 1e12 + sequence) stays exact in a double.
 MIN_PRIORITY = -1000
@@ -70,7 +74,8 @@ class Job(msgspec.Struct, kw_only=True):
     started_at: str | None = None
     completed_at: str | None = None
     error: str | None = None
-    # Why the job failed or was dead-lettered: playbook_error, timeout, node_lost, poison, cancelled.
+    # Why the job failed or was dead-lettered: playbook_error, timeout, node_lost, poison, cancelled,
+    # dependency_failed.
     reason: str | None = None
     node_losses: int = 0  # attempts that ended with their node lost (poison-job detection)
     avoid_node: str | None = None  # a retry prefers another node than this one ...
@@ -79,6 +84,12 @@ class Job(msgspec.Struct, kw_only=True):
     target: str | None = None  # round robin: the node picked at submission
     enqueued_at: int = 0  # when it last became claimable (ms since the epoch, Redis clock)
     tag_list: str | None = None  # the tags, comma-separated, for the Lua scripts' tag limits
+    # Dependencies: the policy, and the dependencies' ids comma-separated for the Lua scripts (which
+    # release, cancel and keep alive along these edges). These two and depends_on/dependency_keys below
+    # are absent (UNSET) from the record of a job without dependencies: most jobs have none, and every
+    # script that rewrites a record copies all of it. lib.lua reads an absent one as null.
+    on_dependency_failure: DependencyFailurePolicy | UnsetType = UNSET
+    parent_list: str | UnsetType = UNSET
     # --- body: written by Python, except `attempts`, to which Lua appends (it must stay last) ---
     submitted_at: str
     submitted_to: str  # the node whose API accepted the job
@@ -89,18 +100,47 @@ class Job(msgspec.Struct, kw_only=True):
     timeout: float | None = None
     run_at: str | None = None  # RFC 3339: not started before this time (from run_at, for display)
     playbook_name: str | None = None
+    # the ids of the jobs this one waits for, as submitted (batch keys resolved)
+    depends_on: list[str] | UnsetType = UNSET
+    dependency_keys: dict[str, str] | UnsetType = UNSET  # dependency id -> its batch key, if named by key
     playbook: list[Any] = []
     context: dict[str, Any] = {}
     results: list[Any] = []
     attempts: list[Attempt] = []
 
 
+class DependencyOutcome(msgspec.Struct, kw_only=True):
+    """Only what a dependent's run reads of a stored job: its status and final context."""
+
+    status: JobStatus
+    context: dict[str, Any] = {}
+
+
+class JobDependencies(msgspec.Struct, kw_only=True):
+    """Only the dependency fields of a stored job (a cheap decode of the record)."""
+
+    depends_on: list[str] = []
+    dependency_keys: dict[str, str] = {}
+
+
+class DependencyState(msgspec.Struct, kw_only=True):
+    """One dependency as a job's view shows it: its id and its current status (null once its record
+    is gone: expired or deleted from the dead-letter queue)."""
+
+    id: str
+    status: JobStatus | None
+
+
 class JobView(msgspec.Struct, kw_only=True):
     """A job as the API shows it (``GET /cluster/jobs/{id}``, the DLQ): the cluster document's fields
     plus what users need to follow a job, without the bookkeeping that only the Lua scripts read
-    (``node_losses``, ``avoid_node``, ``avoid_until``, ``target``, ``enqueued_at``, ``tag_list``).
+    (``node_losses``, ``avoid_node``, ``avoid_until``, ``target``, ``enqueued_at``, ``tag_list``,
+    ``parent_list``, ``dependency_keys``).
 
     Decoded straight from the stored record: fields not listed here are skipped by the decoder.
+    ``waiting_on`` and ``dependencies`` are not stored in the record: ``GET /cluster/jobs/{id}`` fills
+    them in from the store (``secauto.api.cluster.with_dependencies``); they stay empty elsewhere and for
+    a job without dependencies.
     """
 
     id: str
@@ -118,7 +158,8 @@ class JobView(msgspec.Struct, kw_only=True):
     assigned_to: str | None = None  # the node running it, or the one that ran its last attempt
     results: list[Any] = []
     error: str | None = None
-    # Why the job failed or was dead-lettered: playbook_error, timeout, node_lost, poison, cancelled.
+    # Why the job failed or was dead-lettered: playbook_error, timeout, node_lost, poison, cancelled,
+    # dependency_failed.
     reason: str | None = None
     attempt: int = 0  # attempts started so far; the latest one's fencing token
     retry_count: int = 0
@@ -128,6 +169,10 @@ class JobView(msgspec.Struct, kw_only=True):
     affinity: str | None = None
     timeout: float | None = None
     run_at: str | None = None
+    depends_on: list[str] = []
+    on_dependency_failure: DependencyFailurePolicy | None = None
+    waiting_on: list[str] = []  # the dependencies that have not ended yet (only while waiting)
+    dependencies: dict[str, DependencyState] = {}  # by batch key, else job id
     attempts: list[Attempt] = []
 
 
@@ -184,7 +229,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True):
 EVENT_VERSION = 1
 EVENT_TYPES = frozenset({
     "job.submitted", "job.started", "job.completed", "job.failed", "job.retrying", "job.dead_lettered",
-    "job.cancelled", "job.requeued", "node.joined", "node.left", "leader.changed",
+    "job.cancelled", "job.requeued", "job.released", "node.joined", "node.left", "leader.changed",
     "schedule.fired", "schedule.skipped", "schedule.missed",
 })
 
@@ -196,5 +241,7 @@ def make_event(kind: str, **fields: Any) -> Event:
 json_encoder = msgspec.json.Encoder()
 job_decoder = msgspec.json.Decoder(Job)
 job_view_decoder = msgspec.json.Decoder(JobView)
+job_dependencies_decoder = msgspec.json.Decoder(JobDependencies)
+dependency_outcome_decoder = msgspec.json.Decoder(DependencyOutcome)
 node_decoder = msgspec.json.Decoder(NodeInfo)
 event_decoder = msgspec.json.Decoder(Event)

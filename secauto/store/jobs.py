@@ -6,6 +6,7 @@ callers decide whether to retry, report 503 or back off.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -15,9 +16,10 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
-from secauto.models import Event, Job, job_decoder, json_encoder, utc_now
+from secauto.dependencies import MAX_DEPENDENTS
+from secauto.models import Event, Job, JobStatus, job_decoder, json_encoder, utc_now
 from secauto.store.keys import RECENT_MAX, Keys
-from secauto.store.scripts import Scripts, run_pipelined
+from secauto.store.scripts import Scripts, lua_constants, run_pipelined
 
 FinishOutcome = Literal["completed", "retry", "dead"]
 
@@ -32,6 +34,11 @@ class RetentionPolicy(msgspec.Struct, frozen=True, kw_only=True):
     backoff_cap_ms: int = 300_000
     avoid_ms: int = 5000
     poison_limit: int = 2
+    # An ended job whose dependents have not all ended keeps its record (they read its final context)
+    # up to this long; its usual retention starts once the last of them ended.
+    dependency_hold_s: int = 30 * 86400
+    # Dependents one script call settles at most (lib.lua, "Dependencies"); the leader does the rest.
+    settle_budget: int = 1000
 
 
 class DispatchPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,12 +62,14 @@ class FinishRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Recovery(msgspec.Struct, frozen=True):
-    """What one recovery pass did; ``oldest_deadline_ms`` is the earliest lost lease (0 if none)."""
+    """What one recovery pass did; ``oldest_deadline_ms`` is the earliest lost lease (0 if none);
+    ``dependency_backlog`` the jobs whose dependents are left to settle (see :meth:`JobQueue.settle_backlog`)."""
 
     requeued: int
     failed: int
     quarantined: int
     oldest_deadline_ms: int
+    dependency_backlog: int = 0
 
     @property
     def total(self) -> int:
@@ -91,6 +100,26 @@ class QuotaExceeded(Exception):
         return None
 
 
+class DependencyRefused(Exception):
+    """The store refused a submission because of dependencies: ``problem`` is ``unknown_dependency``
+    (no job with that id: never submitted, or expired) or ``too_many_dependents`` (it would get more
+    than MAX_DEPENDENTS); ``job_ids`` are those dependencies. Nothing of the submission was stored."""
+
+    def __init__(self, problem: str, job_ids: Sequence[str]) -> None:
+        super().__init__(f"{problem}: {', '.join(job_ids)}")
+        self.problem = problem
+        self.job_ids = list(job_ids)
+
+
+class RequeueResult(msgspec.Struct, frozen=True):
+    """What a requeue did: the status ``before`` (None: no such job; ``not_dead``: not in the DLQ when
+    only dead-lettered jobs were asked for) and ``after`` (None when nothing changed; else pending,
+    waiting or cancelled: a job with dependencies enters them again)."""
+
+    before: str | None
+    after: JobStatus | None
+
+
 class DurabilityError(RedisConnectionError):
     """A durable submission was not acknowledged by enough replicas in time (or reached a primary
     that is being demoted). A subclass of redis-py's ConnectionError: callers treat it as Redis being
@@ -107,17 +136,31 @@ class JobQueue:
         self.policy = policy or RetentionPolicy()
         self.dispatch = dispatch or DispatchPolicy()
         self._tag_args = [item for tag, limit in self.dispatch.tag_limits.items() for item in (tag, limit)]
-        self._scripts = Scripts(redis)
+        # The dependency settings D of lib.lua, compiled into this queue's scripts (they would otherwise
+        # travel with every attempt's end).
+        policy = self.policy
+        self._scripts = Scripts(redis, lua_constants("dependency_settings", {
+            "job": keys.job_prefix, "dependents": keys.dependents_prefix, "waiting": keys.waiting_prefix,
+            "refs": keys.dependency_refs, "pins": keys.dependency_pins, "backlog": keys.dependency_backlog,
+            "queue": keys.queue, "delayed": keys.delayed, "sequence": keys.sequence, "channel": keys.channel,
+            "control": keys.control, "quota_pending": keys.quota_pending, "quota_owner": keys.quota_owner,
+            "retention": policy.job_retention_s, "dlq_retention": policy.dlq_retention_s,
+            "hold": policy.dependency_hold_s, "budget": policy.settle_budget,
+        }))
 
     async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, delays_ms: Sequence[int] | None = None,
                      durable_replicas: int = 0, durable_timeout_ms: int = 0, quota: Quota | None = None) -> int:
         """Store, queue and announce ``jobs`` in one script call. Returns how many were new.
 
-        ``delays_ms`` (0 = now) parks a job in the delayed set for that long (Redis clock). With
-        ``durable_replicas``, the call also waits (Redis WAIT, same connection) until that many replicas
-        acknowledged the write, and raises :class:`DurabilityError` if they did not in time. With a
-        ``quota``, the jobs count against the key's max_pending until they end for good, and the call
-        raises :class:`QuotaExceeded` (storing nothing) when they would not fit.
+        ``delays_ms`` (0 = now) parks a job in the delayed set for that long (Redis clock). A job with
+        dependencies (``parent_list``) is stored ``waiting`` until they completed, and must come after
+        those of its dependencies that are in ``jobs``; a dependency that is not in ``jobs`` and has no
+        record, or one that would get too many dependents, refuses the whole call with
+        :class:`DependencyRefused` (nothing stored). With ``durable_replicas``, the call also waits
+        (Redis WAIT, same connection) until that many replicas acknowledged the write, and raises
+        :class:`DurabilityError` if they did not in time. With a ``quota``, the jobs count against the
+        key's max_pending until they end for good, and the call raises :class:`QuotaExceeded` (storing
+        nothing) when they would not fit.
         """
         if not jobs:
             return 0
@@ -127,7 +170,8 @@ class JobQueue:
                 *(self.keys.job(job.id) for job in jobs)]
         index_ms = 1000 * max(self.policy.job_retention_s, self.policy.dlq_retention_s)
         args: list[Any] = [self.keys.channel, self.keys.node_prefix, self.dispatch.placement, index_ms,
-                           self.keys.control, quota.key_name if quota else "", quota.max_pending if quota else 0]
+                           self.keys.control, quota.key_name if quota else "", quota.max_pending if quota else 0,
+                           utc_now(), MAX_DEPENDENTS]
         for job, event, delay in zip(jobs, events, delays, strict=True):
             args += [job.id, json_encoder.encode(job), json_encoder.encode(event), max(0, delay)]
         try:
@@ -140,7 +184,7 @@ class JobQueue:
 
     async def _submit(self, keys: list[Any], args: list[Any], durable_replicas: int, durable_timeout_ms: int) -> int:
         if not durable_replicas:
-            return int(await self._scripts.submit(keys=keys, args=args))
+            return _stored(await self._scripts.submit(keys=keys, args=args))
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._scripts.submit(keys=keys, args=args, client=pipe)
@@ -151,9 +195,10 @@ class JobQueue:
             if isinstance(exc, ReadOnlyError) or "replica" in str(exc).lower():
                 raise DurabilityError(f"the Redis primary is changing ({exc})") from exc
             raise
+        count = _stored(stored)  # a refused call wrote nothing: no need to wait for the replicas' answer
         if int(acked) < durable_replicas:
             raise DurabilityError(f"only {acked} of {durable_replicas} replica(s) acknowledged in time")
-        return int(stored)
+        return count
 
     async def claim(self, node_id: str, max_jobs: int, lease_ms: int, *, capacity: int | None = None,
                     running: int = 0) -> list[Job]:
@@ -223,7 +268,8 @@ class JobQueue:
                 self.keys.channel, json_encoder.encode(request.event), request.backoff_ms, policy.dlq_max,
                 policy.dlq_retention_s,
                 json_encoder.encode(request.extra_event) if request.extra_event is not None else "",
-                self.keys.job_prefix, policy.avoid_ms, request.duration_ms, RECENT_MAX, self.keys.control]
+                self.keys.job_prefix, policy.avoid_ms, request.duration_ms, RECENT_MAX, self.keys.control,
+                utc_now()]
         return keys, args
 
     async def recover(self, *, leader_token: str, mode: Literal["expired", "nodes"], cause: str,
@@ -258,20 +304,47 @@ class JobQueue:
             keys=[self.keys.running, self.keys.queue, self.keys.load, self.keys.tag_running], args=args))
 
     async def cancel(self, job_id: str) -> str | None:
-        """Cancel a pending or running job. Returns its status before the call, or None if unknown."""
+        """Cancel a waiting, pending or running job, and settle its dependents (by default they are
+        cancelled too). Returns its status before the call, or None if unknown."""
         before = await self._scripts.cancel(
             keys=[self.keys.job(job_id), self.keys.queue, self.keys.delayed, self.keys.running, self.keys.load,
                   self.keys.tag_running, self.keys.quota_pending, self.keys.quota_owner],
             args=[job_id, utc_now(), self.keys.channel, self.policy.job_retention_s, self.keys.control])
         return _text(before) or None
 
-    async def requeue(self, job_id: str, *, only_dead: bool = False) -> str | None:
-        """Requeue a failed or cancelled job with a fresh retry budget. Returns the previous status, None
-        for an unknown job, ``not_dead`` when ``only_dead`` and the job is not in the DLQ."""
-        before = await self._scripts.requeue(
+    async def requeue(self, job_id: str, *, only_dead: bool = False) -> RequeueResult:
+        """Requeue a failed or cancelled job with a fresh retry budget (a job with dependencies enters
+        them again: it may wait, or be cancelled again at once). See :class:`RequeueResult`."""
+        before, after = await self._scripts.requeue(
             keys=[self.keys.job(job_id), self.keys.queue, self.keys.sequence, self.keys.dlq],
             args=[job_id, utc_now(), self.keys.channel, "1" if only_dead else "0", self.keys.control])
-        return _text(before) or None
+        return RequeueResult(before=_text(before) or None, after=msgspec.convert(_text(after) or None,
+                                                                                  JobStatus | None))
+
+    async def settle_backlog(self, *, leader_token: str, entries: int = 100) -> int | None:
+        """Settle the dependents that job ends left over (see ``settle.lua``), within one script's budget.
+        Returns the backlog entries left, or None if the caller is not the leader."""
+        left = int(await self._scripts.settle(keys=[self.keys.leader], args=[
+            leader_token, utc_now(), entries]))
+        return None if left < 0 else left
+
+    async def dependency_records(self, job_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored JSON of each of ``job_ids`` (None where there is none), in order."""
+        if not job_ids:
+            return []
+        records = await self.redis.mget([self.keys.job(job_id) for job_id in job_ids])
+        return [record.encode() if isinstance(record, str) else record for record in records]
+
+    async def dependency_state(self, job_id: str, depends_on: Sequence[str]) -> tuple[list[str], list[str | None]]:
+        """For a job's view: the dependencies it still waits on, and the current status of each of
+        ``depends_on`` (None where the record is gone), in one round-trip. Reads only the start of each
+        record: the status is the header's second field."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(self.keys.waiting_prefix + job_id)
+            for parent in depends_on:
+                pipe.getrange(self.keys.job(parent), 0, _STATUS_WITHIN - 1)
+            waiting, *heads = await pipe.execute()
+        return sorted(_text(item) for item in waiting), [_status_in(head) for head in heads]
 
     async def forget(self, job_id: str) -> bool:
         """Delete a dead-lettered job. False if it is not in the DLQ."""
@@ -344,3 +417,22 @@ class JobQueue:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stored(result: Any) -> int:
+    """submit.lua's answer: the number of jobs stored, or a refusal (raised)."""
+    if isinstance(result, list):
+        raise DependencyRefused(_text(result[0]), [_text(item) for item in result[1:]])
+    return int(result)
+
+
+# A record starts {"id":"<at most 100 characters>","status":"<word>": the status lies within these bytes.
+_STATUS_WITHIN = 160
+_STATUS = re.compile(rb'^\{"id":"[^"]*","status":"([a-z]+)"')
+
+
+def _status_in(head: Any) -> str | None:
+    if not head:
+        return None
+    match = _STATUS.match(head if isinstance(head, bytes) else str(head).encode())
+    return match.group(1).decode() if match else None

@@ -16,8 +16,10 @@ SCHEDULE_ACTIVE_MAX: Final = 100
 
 
 class Keys:
-    """Key names for one cluster. Lua scripts receive these as KEYS/ARGV; none are built in Lua
-    except ``job:<id>`` from :attr:`job_prefix` (the scripts touch jobs they pop from a ZSET)."""
+    """Key names for one cluster. Lua scripts receive these as KEYS/ARGV, or compiled into their
+    source (the dependency settings, see ``JobQueue``); none are built in Lua except per-job keys from
+    a prefix here (``job:<id>``, ``dependents:<cluster>:<id>``, ``waiting-on:<cluster>:<id>``: the
+    scripts touch jobs they pop from a ZSET or LIST)."""
 
     __slots__ = (
         "api_keys",
@@ -28,6 +30,10 @@ class Keys:
         "cluster",
         "control",
         "delayed",
+        "dependency_backlog",
+        "dependency_pins",
+        "dependency_refs",
+        "dependents_prefix",
         "dlq",
         "job_index",
         "job_prefix",
@@ -50,6 +56,7 @@ class Keys:
         "sequence",
         "session_prefix",
         "tag_running",
+        "waiting_prefix",
         "webhook_claim_prefix",
         "webhooks",
     )
@@ -136,6 +143,25 @@ class Keys:
         # HASH job id -> the name of the key whose quota the job counts against, while the job has not
         # ended for good. Bounded by the live jobs of keys with a quota (other jobs have no field).
         self.quota_owner = f"{PREFIX}:quota-owner:{cluster}"
+
+        # --- dependencies (README, "Dependencies"; store/lua/lib.lua, "Dependencies") ---
+        # LIST per job: the jobs waiting for it, in registration order (at most MAX_DEPENDENTS, checked
+        # at submission; a dependent cancelled meanwhile leaves it). Popped, and so deleted, when its
+        # end is processed.
+        self.dependents_prefix = f"{PREFIX}:dependents:{cluster}:"
+        # SET per waiting job: its dependencies that have not ended yet (at most MAX_DEPENDENCIES).
+        # Deleted when the job is released or cancelled.
+        self.waiting_prefix = f"{PREFIX}:waiting-on:{cluster}:"
+        # HASH job id -> how many of its dependents have not ended for good (they may still read its
+        # record). A field is removed at 0. Bounded by the jobs with unfinished dependents.
+        self.dependency_refs = f"{PREFIX}:dep-refs:{cluster}"
+        # HASH job id -> the TTL (s) its ended record gets back once no dependent needs it; meanwhile the
+        # record lives at most RetentionPolicy.dependency_hold_s. Same bound as dep-refs.
+        self.dependency_pins = f"{PREFIX}:dep-pins:{cluster}"
+        # ZSET "<status>:<job id>" of ended jobs whose dependents are not all processed yet (a script
+        # handles at most RetentionPolicy.settle_budget dependents; the leader carries on), score = ms.
+        # Entries go once processed; bounded by the jobs that ended with many dependents.
+        self.dependency_backlog = f"{PREFIX}:dep-backlog:{cluster}"
 
     def job(self, job_id: str) -> str:
         return f"{self.job_prefix}{job_id}"

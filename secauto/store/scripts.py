@@ -6,7 +6,7 @@ Redis restart or failover needs no special handling here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -17,25 +17,47 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 SCRIPT_NAMES = ("submit", "claim", "finish", "renew", "reap", "handback", "cancel", "requeue", "forget", "leader",
-                "release", "audit")
+                "release", "audit", "settle")
 
 
 @cache
-def script_source(name: str) -> str:
-    """The full source of script ``name``: ``lib.lua`` followed by ``<name>.lua`` (and, for the schedule
-    scripts ``schedule_*.lua``, ``schedule_lib.lua`` between the two)."""
-    folder = resources.files("secauto.store") / "lua"
-    parts = [(folder / "lib.lua").read_text(encoding="utf-8")]
+def _lua_file(name: str) -> str:
+    return (resources.files("secauto.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def script_source(name: str, prelude: str = "") -> str:
+    """The full source of script ``name``: ``lib.lua``, then ``prelude`` (settings compiled into the
+    scripts of one queue, see :func:`lua_constants`), then (for the schedule scripts ``schedule_*.lua``)
+    ``schedule_lib.lua``, then ``<name>.lua``."""
+    parts = [_lua_file("lib"), prelude]
     if name.startswith("schedule_"):
-        parts.append((folder / "schedule_lib.lua").read_text(encoding="utf-8"))
-    parts.append((folder / f"{name}.lua").read_text(encoding="utf-8"))
+        parts.append(_lua_file("schedule_lib"))
+    parts.append(_lua_file(name))
     return "\n".join(parts)
 
 
-class Scripts:
-    """The registered scripts of one Redis client, one attribute per script."""
+def lua_literal(value: str | int) -> str:
+    """``value`` as a Lua literal: an integer, or a double-quoted string in which every byte but letters,
+    digits and ``:_.-`` is a decimal escape (nothing can end or bend it)."""
+    if isinstance(value, int):
+        return str(value)
+    safe = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_.-")
+    return '"' + "".join(chr(byte) if byte in safe else f"\\{byte:03d}" for byte in value.encode()) + '"'
 
-    def __init__(self, redis: Redis) -> None:
+
+def lua_constants(function: str, values: Mapping[str, str | int]) -> str:
+    """Lua source defining ``function()``, which returns a fresh table of ``values`` (a fresh one per call:
+    scripts may change it, e.g. spend a budget)."""
+    fields = ", ".join(f"{name} = {lua_literal(value)}" for name, value in values.items())
+    return f"local function {function}() return {{{fields}}} end"
+
+
+class Scripts:
+    """The registered scripts of one Redis client, one attribute per script. ``prelude`` is Lua source
+    put between ``lib.lua`` and each script (settings of the queue that runs them)."""
+
+    def __init__(self, redis: Redis, prelude: str = "") -> None:
+        self._prelude = prelude
         self.submit = self._load(redis, "submit")
         self.claim = self._load(redis, "claim")
         self.finish = self._load(redis, "finish")
@@ -47,10 +69,10 @@ class Scripts:
         self.forget = self._load(redis, "forget")
         self.leader = self._load(redis, "leader")
         self.release = self._load(redis, "release")
+        self.settle = self._load(redis, "settle")
 
-    @staticmethod
-    def _load(redis: Redis, name: str) -> AsyncScript:
-        return redis.register_script(script_source(name))
+    def _load(self, redis: Redis, name: str) -> AsyncScript:
+        return redis.register_script(script_source(name, self._prelude))
 
 
 async def run_pipelined(redis: Redis, calls: Sequence[tuple[AsyncScript, Sequence[Any], Sequence[Any]]]) -> list[Any]:

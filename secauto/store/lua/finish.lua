@@ -11,8 +11,11 @@
 -- ARGV[9] backoff ms (retry), ARGV[10] DLQ cap, ARGV[11] DLQ retention s, ARGV[12] second event JSON or '',
 -- ARGV[13] job key prefix (to delete records trimmed out of the DLQ), ARGV[14] avoid window ms (retry),
 -- ARGV[15] the attempt's run time in ms, ARGV[16] cap of the recent-ends list, ARGV[17] control channel
+-- ARGV[18] now (RFC 3339)
 -- KEYS[9] recent-ends LIST ("end_ms status node duration_ms", newest first), KEYS[10] quota pending
 -- HASH, KEYS[11] quota owner HASH (completed and dead release the job's quota)
+-- A job that ends for good (completed, dead) settles its dependents here, in the same step (lib.lua,
+-- "Dependencies"); a retry settles nothing: its dependents wait for its final outcome.
 -- Returns 1 when written, 0 when the writer is stale (job re-assigned, cancelled or gone).
 local job_key, running, queue, sequence, delayed, dlq = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, outcome = ARGV[1], ARGV[5]
@@ -57,4 +60,11 @@ else
 end
 redis.call('PUBLISH', ARGV[7], ARGV[8])
 if ARGV[12] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[12]) end
+if outcome ~= 'retry' then
+  -- Most jobs have neither dependencies nor dependents: this costs them one EXISTS.
+  local D = dependency_settings()
+  if h.parent_list ~= 'null' or redis.call('EXISTS', D.dependents .. id) == 1 then
+    dependency_library(D).job_ended(id, h, outcome == 'completed' and 'completed' or 'failed', now, ARGV[18])
+  end
+end
 return 1

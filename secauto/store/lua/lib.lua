@@ -6,7 +6,15 @@
 -- numbers lose digits), so the body is never decoded here.
 local HEADER = {'id', 'status', 'attempt', 'retry_count', 'max_retries', 'priority', 'assigned_to',
                 'started_at', 'completed_at', 'error', 'reason', 'node_losses', 'avoid_node', 'avoid_until',
-                'affinity', 'target', 'enqueued_at', 'tag_list'}
+                'affinity', 'target', 'enqueued_at', 'tag_list', 'on_dependency_failure', 'parent_list'}
+-- Optional fields: absent from a record (a job without dependencies, or a record stored before they
+-- existed) they read as null, and a null one is left out when the header is written back.
+local HEADER_OPTIONAL = {on_dependency_failure = true, parent_list = true}
+-- '"<field>":' per header field, as constants: nothing is built per call or per record parsed.
+local HEADER_PREFIX = {'"id":', '"status":', '"attempt":', '"retry_count":', '"max_retries":', '"priority":',
+                       '"assigned_to":', '"started_at":', '"completed_at":', '"error":', '"reason":',
+                       '"node_losses":', '"avoid_node":', '"avoid_until":', '"affinity":', '"target":',
+                       '"enqueued_at":', '"tag_list":', '"on_dependency_failure":', '"parent_list":'}
 
 -- Index of the last character of the JSON scalar token starting at pos, or nil.
 local function token_end(s, pos)
@@ -28,21 +36,31 @@ end
 local function parse_header(s)
   local h = {}
   local pos = 2
-  for _, k in ipairs(HEADER) do
-    local prefix = '"' .. k .. '":'
-    if s:sub(pos, pos + #prefix - 1) ~= prefix then return nil end
-    pos = pos + #prefix
-    local last = token_end(s, pos)
-    if not last then return nil end
-    h[k] = s:sub(pos, last)
-    pos = last + 2
+  for i, k in ipairs(HEADER) do
+    local prefix = HEADER_PREFIX[i]
+    -- An absent optional field is told by its first letter, without cutting out a substring.
+    if HEADER_OPTIONAL[k] and s:byte(pos + 1) ~= prefix:byte(2) then
+      h[k] = 'null'
+    elseif s:sub(pos, pos + #prefix - 1) == prefix then
+      pos = pos + #prefix
+      local last = token_end(s, pos)
+      if not last then return nil end
+      h[k] = s:sub(pos, last)
+      pos = last + 2
+    elseif HEADER_OPTIONAL[k] then
+      h[k] = 'null'
+    else
+      return nil
+    end
   end
   return h, s:sub(pos - 1)
 end
 
 local function format_header(h, rest)
   local parts = {}
-  for i, k in ipairs(HEADER) do parts[i] = '"' .. k .. '":' .. h[k] end
+  for i, k in ipairs(HEADER) do
+    if not (HEADER_OPTIONAL[k] and h[k] == 'null') then parts[#parts + 1] = HEADER_PREFIX[i] .. h[k] end
+  end
   return '{' .. table.concat(parts, ',') .. rest
 end
 
@@ -207,4 +225,215 @@ local function release_quota(id, owner_key, pending_key)
   if not owner then return end
   redis.call('HDEL', owner_key, id)
   if redis.call('HINCRBY', pending_key, owner, -1) <= 0 then redis.call('HDEL', pending_key, owner) end
+end
+
+-- Dependencies -------------------------------------------------------------------------------------
+-- A job submitted with depends_on carries its dependencies' ids in the header's parent_list and
+-- registers with each one that has not ended: it joins that job's dependents LIST and, while it waits,
+-- its own waiting SET names the dependencies left. When a job ends for good (completed; failed for
+-- good; cancelled), the script that records the end also settles its dependents: a dependent whose
+-- last dependency ended is released (queued, or parked until its delay is over); one whose dependency
+-- ended failed or cancelled is cancelled (on_dependency_failure cancel: reason dependency_failed, and
+-- on down its own dependents) or carries on as if it had completed (run). A script settles at most
+-- D.budget dependents; what is left goes to the backlog ZSET, which the leader works off (settle.lua),
+-- so a deep cascade never blocks Redis for long and is never lost.
+--
+-- An ended job's record stays readable while a dependent may still need its final context (the
+-- executor reads it when the dependent starts): dep-refs counts the dependents that have not ended
+-- for good, and a job that ends while that count is non-zero keeps its record for up to D.hold seconds
+-- (dep-pins remembers the TTL it gets back once the count drops to zero).
+--
+-- D, the dependency settings, is a fresh table from dependency_settings(), which the queue compiles
+-- into its scripts (secauto.store.jobs.JobQueue; it would otherwise travel with every call): job,
+-- dependents, waiting (key prefixes), refs, pins, backlog, queue, delayed, sequence (keys), channel,
+-- control (channels), quota_pending, quota_owner (keys: a job cancelled here releases its quota),
+-- retention, dlq_retention, hold (seconds), budget (dependents one script may settle).
+--
+-- The functions are built by dependency_library(D) only when a script needs them: every script call
+-- runs the whole library's definitions, and most calls (claims, renewals, most job ends) need none.
+
+local function dependency_library(D)
+  local FINISHED = {completed = true, failed = true, cancelled = true}
+
+  -- The ids of a comma-separated header list (parent_list), in order.
+  local function split_list(tok)
+    local ids = {}
+    local list = tok_str(tok)
+    if list then
+      for id in string.gmatch(list, '[^,]+') do ids[#ids + 1] = id end
+    end
+    return ids
+  end
+
+  local function retention_of(status)
+    if status == 'failed' then return D.dlq_retention end
+    return D.retention
+  end
+
+  -- Keep an ended job's record past its retention (it has dependents that may read it).
+  local function pin_record(id, status)
+    local ttl = retention_of(status)
+    redis.call('HSET', D.pins, id, ttl)
+    redis.call('EXPIRE', D.job .. id, math.max(ttl, D.hold))
+  end
+
+  local function pin_if_held(id, status)
+    if tonumber(redis.call('HGET', D.refs, id) or '0') > 0 then pin_record(id, status) end
+  end
+
+  -- A dependent of `id` (whose status is `status`) came to need its record.
+  local function hold_record(id, status)
+    redis.call('HINCRBY', D.refs, id, 1)
+    if FINISHED[status] and redis.call('HEXISTS', D.pins, id) == 0 then pin_record(id, status) end
+  end
+
+  -- A dependent ended for good: its dependencies' records are not needed for it any more; the last one
+  -- gives a pinned record its retention back.
+  local function release_holds(h)
+    for _, parent in ipairs(split_list(h.parent_list)) do
+      if redis.call('HINCRBY', D.refs, parent, -1) <= 0 then
+        redis.call('HDEL', D.refs, parent)
+        local ttl = redis.call('HGET', D.pins, parent)
+        if ttl then
+          redis.call('HDEL', D.pins, parent)
+          redis.call('EXPIRE', D.job .. parent, ttl)
+        end
+      end
+    end
+  end
+
+  -- A waiting job stops waiting (it is cancelled): it leaves the dependents lists of the dependencies
+  -- it still waited on (they have not ended), so that those lists hold only jobs that still wait.
+  local function stop_waiting(id)
+    local waiting = D.waiting .. id
+    for _, parent in ipairs(redis.call('SMEMBERS', waiting)) do
+      redis.call('LREM', D.dependents .. parent, 1, id)
+    end
+    redis.call('DEL', waiting)
+  end
+
+  -- A waiting job whose dependencies all ended: queue it, or park it until its delay (kept as its
+  -- enqueued_at while it waited) is over.
+  local function release_waiting(key, id, h, rest, now, now_iso)
+    local due = tonumber(h.enqueued_at)
+    h.status = '"pending"'
+    if due > now then
+      redis.call('ZADD', D.delayed, due, id)
+    else
+      h.enqueued_at = string.format('%d', now)
+      redis.call('ZADD', D.queue, queue_score(tonumber(h.priority), redis.call('INCR', D.sequence)), id)
+    end
+    redis.call('SET', key, format_header(h, rest))
+    redis.call('PUBLISH', D.channel, event('job.released', now_iso, id, nil, 'pending'))
+  end
+
+  -- End a job that is not running (waiting, or being submitted or requeued) because dependency
+  -- `parent` ended `parent_status`. `held`: the job holds its dependencies' records (it registered).
+  local function cancel_for_dependency(key, id, h, rest, parent, parent_status, now_iso, held)
+    local message = 'dependency ' .. parent .. ' ended ' .. parent_status
+    h.status = '"cancelled"'
+    h.reason = '"dependency_failed"'
+    h.error = jstr(message)
+    h.completed_at = jstr(now_iso)
+    redis.call('SET', key, format_header(h, rest), 'EX', D.retention)
+    release_quota(id, D.quota_owner, D.quota_pending)
+    if held then release_holds(h) end
+    pin_if_held(id, 'cancelled')
+    redis.call('PUBLISH', D.channel, event('job.cancelled', now_iso, id, nil, 'cancelled', nil, message,
+                                           'dependency_failed'))
+  end
+
+  -- Settle the dependents of `id`, which ended `status` for good, and on down the jobs this cancels.
+  -- Spends D.budget; a job whose dependents are not all settled when it runs out goes to the backlog.
+  local function settle_dependents(id, status, now, now_iso)
+    local work = {{id, status}}
+    local woke = false
+    local i = 1
+    while i <= #work do
+      local parent, parent_status = work[i][1], work[i][2]
+      local list = D.dependents .. parent
+      while D.budget > 0 do
+        local child = redis.call('LPOP', list)
+        if not child then break end
+        D.budget = D.budget - 1
+        local waiting = D.waiting .. child
+        -- Not in the set: the child stopped waiting (cancelled) before this dependency ended.
+        if redis.call('SREM', waiting, parent) == 1 then
+          local key = D.job .. child
+          local record = redis.call('GET', key)
+          local h, rest
+          if record then h, rest = parse_header(record) end
+          if not h or tok_str(h.status) ~= 'waiting' then
+            redis.call('DEL', waiting)
+          elseif parent_status == 'completed' or tok_str(h.on_dependency_failure) == 'run' then
+            if redis.call('SCARD', waiting) == 0 then
+              release_waiting(key, child, h, rest, now, now_iso)
+              woke = true
+            end
+          else
+            stop_waiting(child)
+            cancel_for_dependency(key, child, h, rest, parent, parent_status, now_iso, true)
+            work[#work + 1] = {child, 'cancelled'}
+          end
+        end
+      end
+      if D.budget <= 0 and redis.call('EXISTS', list) == 1 then
+        redis.call('ZADD', D.backlog, now, parent_status .. ':' .. parent)
+      end
+      i = i + 1
+    end
+    if woke then redis.call('PUBLISH', D.control, WAKE) end
+  end
+
+  -- Job `id` (header h, as it was before the end) ended `status` for good, and its record was written:
+  -- release what it held, keep its record while dependents may read it, settle its dependents.
+  local function job_ended(id, h, status, now, now_iso)
+    release_holds(h)
+    pin_if_held(id, status)
+    settle_dependents(id, status, now, now_iso)
+  end
+
+  -- The status of job `id`, from `known` (statuses this script call already knows) or its record,
+  -- which is then remembered in `known`; nil if it has none.
+  local function status_of(id, known)
+    if known[id] then return known[id] end
+    local record = redis.call('GET', D.job .. id)
+    local h = record and parse_header(record)
+    if not h then return nil end
+    known[id] = tok_str(h.status)
+    return known[id]
+  end
+
+  -- A job (header h, about to be stored or requeued) enters its dependencies: it is 'cancelled' (a
+  -- dependency ended failed or cancelled and its policy is cancel; returned with that dependency and
+  -- its status), 'waiting' (registered with the dependencies that have not ended) or 'pending'. A
+  -- dependency without a record (expired) does not hold it back. Nothing is written for a job that is
+  -- cancelled.
+  local function enter_dependencies(id, h, known)
+    local parents = split_list(h.parent_list)
+    local statuses = {}
+    local cancel_on = tok_str(h.on_dependency_failure) ~= 'run'
+    for i, parent in ipairs(parents) do
+      local status = status_of(parent, known) or 'gone'
+      statuses[i] = status
+      if cancel_on and (status == 'failed' or status == 'cancelled') then return 'cancelled', parent, status end
+    end
+    local state = 'pending'
+    for i, parent in ipairs(parents) do
+      local status = statuses[i]
+      if status ~= 'gone' then
+        hold_record(parent, status)
+        if not FINISHED[status] then
+          redis.call('RPUSH', D.dependents .. parent, id)
+          redis.call('SADD', D.waiting .. id, parent)
+          state = 'waiting'
+        end
+      end
+    end
+    return state
+  end
+
+  return {D = D, split_list = split_list, job_ended = job_ended, settle_dependents = settle_dependents,
+          enter_dependencies = enter_dependencies, cancel_for_dependency = cancel_for_dependency,
+          stop_waiting = stop_waiting}
 end

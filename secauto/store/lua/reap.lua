@@ -16,13 +16,16 @@
 -- ARGV[13] cause text ('lease expired', 'node lost', 'node restarted'), ARGV[14] node key prefix: when
 -- not '', a named node whose record still exists is alive after all and is skipped; ARGV[15] control channel,
 -- ARGV[16..] node ids (mode nodes)
--- Returns {requeued, failed, quarantined, oldest lease deadline recovered (ms, 0 if none)},
--- or -1 when the caller is not the leader.
+-- A job failed for good settles its dependents in the same step (lib.lua, "Dependencies").
+-- Returns {requeued, failed, quarantined, oldest lease deadline recovered (ms, 0 if none), entries in the
+-- dependency backlog (settle.lua works them off)}, or -1 when the caller is not the leader.
 local running, queue, sequence, delayed, dlq, leader = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local token, prefix, channel, now_iso = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local limit, dlq_retention, dlq_cap = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local base, cap, mode, poison_limit = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
 local avoid_ms, cause = tonumber(ARGV[12]), ARGV[13]
+local D = dependency_settings()
+local deps = nil  -- the dependency library, built for the first job that needs it (one budget for all)
 if token ~= '' and redis.call('GET', leader) ~= token then return -1 end
 local now = now_ms()
 
@@ -80,6 +83,10 @@ for _, target in ipairs(targets) do
       redis.call('PUBLISH', channel, event('job.dead_lettered', now_iso, id, lost_on, 'failed', attempt, message,
                                             reason))
       if reason == 'poison' then quarantined = quarantined + 1 else failed = failed + 1 end
+      if h.parent_list ~= 'null' or redis.call('EXISTS', D.dependents .. id) == 1 then
+        deps = deps or dependency_library(D)
+        deps.job_ended(id, h, 'failed', now, now_iso)
+      end
     else
       local due = now + backoff_ms(retries + 1, base, cap)
       h.status = '"pending"'
@@ -98,4 +105,4 @@ for _, target in ipairs(targets) do
   end
 end
 if requeued > 0 then redis.call('PUBLISH', ARGV[15], WAKE) end
-return {requeued, failed, quarantined, oldest}
+return {requeued, failed, quarantined, oldest, redis.call('ZCARD', D.backlog)}
