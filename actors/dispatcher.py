@@ -31,6 +31,7 @@ from actors.keys import ReloadKeys
 from actors.messages import (
     CancelJob,
     ForgetJob,
+    GetDependencyState,
     GetJob,
     JobsFinished,
     ListDeadLetters,
@@ -104,16 +105,18 @@ class DispatcherActor(Actor):
                 return self.submissions.add(jobs, delays_ms, quota)
             case GetJob(job_id=job_id):
                 return await self.ctx.queue.get_raw(job_id)
+            case GetDependencyState(job_id=job_id, depends_on=depends_on):
+                return await self.ctx.queue.dependency_state(job_id, depends_on)
             case CancelJob(job_id=job_id):
                 before = await self.ctx.queue.cancel(job_id)
-                if before in ("pending", "running"):
+                if before in ("waiting", "pending", "running"):
                     self.log.bind(job_id=job_id).info("Job cancelled (was {})", before)
                 return before
             case RequeueJob(job_id=job_id, only_dead=only_dead):
-                before = await self.ctx.queue.requeue(job_id, only_dead=only_dead)
-                if before in ("failed", "cancelled"):
-                    self.log.bind(job_id=job_id).info("Job requeued (was {})", before)
-                return before
+                requeued = await self.ctx.queue.requeue(job_id, only_dead=only_dead)
+                if requeued.after is not None:
+                    self.log.bind(job_id=job_id).info("Job requeued (was {}, now {})", requeued.before, requeued.after)
+                return requeued
             case ForgetJob(job_id=job_id):
                 return await self.ctx.queue.forget(job_id)
             case ListDeadLetters(offset=offset, limit=limit):

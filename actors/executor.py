@@ -7,6 +7,12 @@ it does not go through the mailbox, so a busy actor never delays it. An attempt 
 included, and writes nothing. Every write is a fenced Lua script, so a stale attempt can never change a
 job that moved on.
 
+A job with dependencies runs with ``dependencies`` in its context: for each dependency (by batch key,
+else id) ``{"id", "status", "context"}`` with that job's final context, read from the store when the
+attempt starts (the store keeps those records while dependents may need them; status and context are
+null for one whose record is gone). It is not kept in the final context: a dependent's dependents would
+otherwise get every ancestor's context nested in it.
+
 How an attempt ends: success -> ``completed``; playbook error or timeout -> retried after an
 exponential backoff (preferring another node) while retries remain, else ``failed`` and dead-lettered.
 Secret values are masked (``***``) in the attempt's record (results, context, errors) before it is
@@ -39,7 +45,7 @@ from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError
 from actors.messages import ExecutorStats, GetStats, HandBack, JobsFinished, RunJobs, StopAttempts
 from secauto.engine import PlaybookInvalid, run_playbook
-from secauto.models import Attempt, Job, json_encoder, make_event, utc_now
+from secauto.models import Attempt, Job, dependency_outcome_decoder, json_encoder, make_event, utc_now
 from secauto.redaction import MASK, REDACTOR, Redactor
 from secauto.store.jobs import FinishOutcome, FinishRequest
 
@@ -191,7 +197,8 @@ class ExecutorActor(Actor):
         try:
             log.info("Job started (attempt {})", job.attempt)
             self.ctx.metrics.queue_wait.observe(max(0.0, time.time() - job.enqueued_at / 1000))
-            final, result = await self._execute(job, seconds=timeout)
+            dependencies = await self._dependencies(job) if job.depends_on else None
+            final, result = await self._execute(job, seconds=timeout, dependencies=dependencies)
             written = await self._record(job, final, result, time.monotonic() - started)
             outcome = final.status if written else None
             if written:
@@ -206,15 +213,42 @@ class ExecutorActor(Actor):
         finally:
             self._finished(job.id, outcome)
 
-    async def _execute(self, job: Job, *, seconds: float) -> tuple[Job, FinishOutcome]:
-        """Run the playbook and build the job's next record. Never raises but for cancellation."""
+    async def _dependencies(self, job: Job) -> dict[str, Any]:
+        """The ``dependencies`` context entry of ``job`` (see the module docstring). Retries through Redis
+        outages; a lost lease stops the attempt (cancellation) meanwhile."""
+        parents, keys = job.depends_on or [], job.dependency_keys or {}
+        delay = 0.1
+        while True:
+            try:
+                records = await self.ctx.queue.dependency_records(parents)
+                break
+            except _REDIS_ERRORS as exc:
+                self.log.bind(job_id=job.id).warning("cannot read the job's dependencies yet ({}); retrying in "
+                                                     "{:.1f}s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        entries: dict[str, Any] = {}
+        for job_id, record in zip(parents, records, strict=True):
+            name = keys.get(job_id, job_id)
+            if record is None:
+                entries[name] = {"id": job_id, "status": None, "context": None}
+            else:
+                outcome = dependency_outcome_decoder.decode(record)
+                entries[name] = {"id": job_id, "status": outcome.status, "context": outcome.context}
+        return entries
+
+    async def _execute(self, job: Job, *, seconds: float,
+                       dependencies: dict[str, Any] | None = None) -> tuple[Job, FinishOutcome]:
+        """Run the playbook (with ``dependencies`` in its context, if given) and build the job's next
+        record. Never raises but for cancellation."""
         error: str | None
         reason: str | None = None
         results: list[Any] = job.results
         context = job.context
+        start = job.context if dependencies is None else {**job.context, "dependencies": dependencies}
         try:
             outcome = await asyncio.wait_for(
-                run_playbook(job.playbook, job.context, self.ctx.engine, job_id=job.id, secrets=self.ctx.vault),
+                run_playbook(job.playbook, start, self.ctx.engine, job_id=job.id, secrets=self.ctx.vault),
                 timeout=seconds)
         except TimeoutError:
             error, reason = f"job timed out after {seconds:g}s", "timeout"
@@ -222,6 +256,10 @@ class ExecutorActor(Actor):
             error, reason = f"invalid playbook: {exc}", "invalid_playbook"
         else:
             results, context = list(outcome.results), outcome.context
+            if dependencies is not None:  # not kept (see the module docstring); a submitted value is
+                context = {key: value for key, value in context.items() if key != "dependencies"}
+                if "dependencies" in job.context:
+                    context["dependencies"] = job.context["dependencies"]
             error = outcome.error
             if not outcome.success:
                 reason = "playbook_error"

@@ -27,15 +27,25 @@ class GetJob(msgspec.Struct, frozen=True):
     job_id: str
 
 
+class GetDependencyState(msgspec.Struct, frozen=True):
+    """Ask: (the dependencies job ``job_id`` still waits on, the current status of each of
+    ``depends_on`` or None where its record is gone)."""
+
+    job_id: str
+    depends_on: list[str]
+
+
 class CancelJob(msgspec.Struct, frozen=True):
-    """Ask: cancel a pending or running job. Answers its status before the call, or None if unknown."""
+    """Ask: cancel a waiting, pending or running job (and settle its dependents). Answers its status
+    before the call, or None if unknown."""
 
     job_id: str
 
 
 class RequeueJob(msgspec.Struct, frozen=True):
-    """Ask: put a failed or cancelled job back in the queue. Answers the previous status, None for an
-    unknown job, or ``not_dead`` when ``only_dead`` and the job is not in the DLQ."""
+    """Ask: put a failed or cancelled job back in the queue. Answers a RequeueResult (the status
+    before: None for an unknown job, ``not_dead`` when ``only_dead`` and the job is not in the DLQ;
+    the status after, None when nothing changed)."""
 
     job_id: str
     only_dead: bool = False

@@ -13,6 +13,10 @@ or after a Sentinel failover moved the primary (writes of the last seconds may b
 every node's renewals and heartbeats failed during the outage too, and they must get the chance to
 renew before anything counts as lost (otherwise a Redis blip would requeue every running job). The time from the lost
 node's last sign of life to the takeover is logged and observed in ``secauto_recovery_seconds``.
+
+The leader also works off the dependency backlog: dependents that the script recording a job's end had
+no budget left to settle (a large or deep graph; see ``store/lua/lib.lua``, "Dependencies"). Each pass
+runs at most MAX_SETTLE_CALLS settle scripts, so one tick stays short whatever the backlog.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from secauto.models import make_event
 from secauto.store.jobs import Recovery
 
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+MAX_SETTLE_CALLS = 10  # settle scripts per reap pass (each settles at most RetentionPolicy.settle_budget)
 
 
 class ReaperActor(Actor):
@@ -119,6 +124,17 @@ class ReaperActor(Actor):
                 self._account(recovered, lost_since_ms=min(lost_nodes.values()))
                 await self.ctx.registry.forget(lost_nodes)
                 self.log.warning("node(s) lost: {}", ", ".join(sorted(lost_nodes)))
+            left = expired.dependency_backlog  # checked by the recovery pass: no extra round-trip when empty
+            for _ in range(MAX_SETTLE_CALLS):
+                if not left:
+                    break
+                settled = await self.ctx.queue.settle_backlog(leader_token=self.token)
+                if settled is None:
+                    return self._deposed()
+                left = settled
+            else:
+                if left:
+                    self.log.info("dependency backlog: {} job(s) still have dependents to settle", left)
         except _REDIS_ERRORS as exc:
             self._last_redis_error = time.monotonic()
             self.log.warning("reap failed: {}", exc)

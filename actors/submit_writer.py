@@ -4,7 +4,9 @@ Submissions queue up here and one writer task (the dispatcher's tracked task) se
 that arrived while the previous call was in flight goes out in the next ``submit`` script call (up to
 ``MAX_JOBS_PER_CALL`` jobs a call, whole submissions only). One submission alone costs one call, as
 before; 16 concurrent ones cost a few. The script stores each job on its own (a batch of the API stays
-all or nothing: it is never split) and publishes one wake-up per call.
+all or nothing: it is never split) and publishes one wake-up per call. A submission with dependencies
+always has a call of its own: the script refuses a whole call when one of them is unknown, and that
+refusal must reach only the submission that named it.
 
 Each submission gets a future, resolved once its jobs are stored (and, with ``durable_submit``,
 acknowledged by the replicas). A call that fails (Redis unreachable, durability not reached, a script
@@ -34,13 +36,14 @@ MAX_JOBS_PER_CALL = 1000  # one API batch at most: bounds how long one script ca
 
 
 class _Submission:
-    __slots__ = ("delays_ms", "done", "jobs", "quota")
+    __slots__ = ("delays_ms", "done", "has_dependencies", "jobs", "quota")
 
     def __init__(self, jobs: list[Job], delays_ms: list[int], done: asyncio.Future[None], quota: Quota | None) -> None:
         self.jobs = jobs
         self.delays_ms = delays_ms
         self.done = done
         self.quota = quota
+        self.has_dependencies = any(job.parent_list for job in jobs)
 
 
 class SubmitWriter:
@@ -74,7 +77,10 @@ class SubmitWriter:
                 while self._pending:
                     batch = [self._pending.popleft()]
                     size = len(batch[0].jobs)
-                    while (batch[0].quota is None and self._pending and self._pending[0].quota is None
+                    # A call is refused whole (a quota, an unknown dependency): a submission with a quota
+                    # or with dependencies goes alone, so that it is refused alone.
+                    while (batch[0].quota is None and not batch[0].has_dependencies and self._pending
+                           and self._pending[0].quota is None and not self._pending[0].has_dependencies
                            and size + len(self._pending[0].jobs) <= MAX_JOBS_PER_CALL):
                         batch.append(self._pending.popleft())
                         size += len(batch[-1].jobs)

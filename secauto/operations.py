@@ -15,6 +15,7 @@ import msgspec
 from actors.core import ActorRef
 from actors.messages import CancelJob, ForgetJob, ListDeadLetters, ListJobs, RecentEnds, RequeueJob
 from secauto.models import Job, JobStatus, JobView, job_decoder, job_view_decoder
+from secauto.store.jobs import RequeueResult
 
 MAX_SCAN = 5000  # index entries one listing may read while filtering
 STATS_WINDOW_S = 3600
@@ -154,38 +155,51 @@ def throughput(ends: list[str], now_ms: int, *, buckets: int = 60, bucket_s: int
 
 
 # ------------------------------------------------------------------------------------------ actions
-CANCELLABLE: frozenset[str] = frozenset({"pending", "running"})
+CANCELLABLE: frozenset[str] = frozenset({"waiting", "pending", "running"})
 RETRYABLE: frozenset[str] = frozenset({"failed", "cancelled"})
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
-    """What a request to change a job's status found: the status the job had, and whether the change
-    applied (False: the job is in a status the change does not apply to, and nothing changed)."""
+    """What a request to change a job's status found: the status the job had, whether the change
+    applied (False: the job is in a status the change does not apply to, and nothing changed), and the
+    status it has now if it applied (a retried job with dependencies may be waiting, or cancelled again
+    at once when one of them failed)."""
 
     job_id: str
     before: JobStatus
     applied: bool
+    after: JobStatus | None = None
 
 
 async def cancel_job(dispatcher: ActorRef, job_id: str) -> Change | None:
-    """Cancel a pending job at once, a running one within a second on the node that runs it. None for
-    an unknown job."""
+    """Cancel a waiting or pending job at once, a running one within a second on the node that runs it;
+    its dependents are settled (by default cancelled too). None for an unknown job."""
     before: JobStatus | None = await dispatcher.ask(CancelJob(job_id), timeout=10.0)
-    return None if before is None else Change(job_id=job_id, before=before, applied=before in CANCELLABLE)
+    if before is None:
+        return None
+    applied = before in CANCELLABLE
+    return Change(job_id=job_id, before=before, applied=applied, after="cancelled" if applied else None)
+
+
+def _requeued(job_id: str, requeued: RequeueResult) -> Change | None:
+    if requeued.before is None or requeued.before == "not_dead":
+        return None
+    return Change(job_id=job_id, before=msgspec.convert(requeued.before, JobStatus),
+                  applied=requeued.after is not None, after=requeued.after)
 
 
 async def retry_job(dispatcher: ActorRef, job_id: str) -> Change | None:
-    """Run a failed or cancelled job again, with a fresh retry budget. None for an unknown job."""
-    before: JobStatus | None = await dispatcher.ask(RequeueJob(job_id), timeout=10.0)
-    return None if before is None else Change(job_id=job_id, before=before, applied=before in RETRYABLE)
+    """Run a failed or cancelled job again, with a fresh retry budget (a job with dependencies enters
+    them again). None for an unknown job."""
+    requeued: RequeueResult = await dispatcher.ask(RequeueJob(job_id), timeout=10.0)
+    return _requeued(job_id, requeued)
 
 
 async def requeue_dead_letter(dispatcher: ActorRef, job_id: str) -> Change | None:
-    """Put a dead-lettered job back in the queue. None when it is not in the DLQ."""
-    before = await dispatcher.ask(RequeueJob(job_id, only_dead=True), timeout=10.0)
-    if before is None or before == "not_dead":
-        return None
-    return Change(job_id=job_id, before=before, applied=True)
+    """Put a dead-lettered job back in the queue (a job with dependencies enters them again). None when
+    it is not in the DLQ."""
+    requeued: RequeueResult = await dispatcher.ask(RequeueJob(job_id, only_dead=True), timeout=10.0)
+    return _requeued(job_id, requeued)
 
 
 async def delete_dead_letter(dispatcher: ActorRef, job_id: str) -> bool:

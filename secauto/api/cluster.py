@@ -10,31 +10,34 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
+from msgspec import UNSET
 
 from actors.core import AskTimeoutError
 from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
 from secauto.api.errors import RETRY_AFTER_S, ApiError, body_detail, playbook_details
 from secauto.api.inputs import read_json
+from secauto.api.job_dependencies import check_graph, refusal_error, with_dependencies
 from secauto.api.roles import requires
 from secauto.api.secret_refs import require_secrets
 from secauto.api.spec import operation, respond, whole
 from secauto.api.state import AUDIT_TARGET, ENGINE, IDENTITY, METRICS, SETTINGS, SYSTEM
+from secauto.dependencies import KEY_PATTERN, MAX_DEPENDENCIES, Entry
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
 from secauto.engine.model import SecretRef
 from secauto.models import (
     MAX_PRIORITY,
     MIN_PRIORITY,
+    DependencyFailurePolicy,
     Job,
     JobStatus,
     JobView,
     NodeView,
-    job_view_decoder,
     new_job_id,
     utc_now,
 )
 from secauto.operations import cancel_job as cancel_job_of
 from secauto.operations import retry_job as retry_job_of
-from secauto.store.jobs import Quota, QuotaExceeded
+from secauto.store.jobs import DependencyRefused, Quota, QuotaExceeded
 
 JOB_ID_PATTERN = whole(r"[A-Za-z0-9_-]{1,100}")
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -42,6 +45,10 @@ _JOB_ID = re.compile(JOB_ID_PATTERN)
 JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN, description="a job id, e.g. job-<32 hex digits>")]
 
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=whole(r"[A-Za-z0-9_.:-]+"))]
+BatchKey = Annotated[str, msgspec.Meta(pattern=whole(KEY_PATTERN), description="a name local to the batch")]
+# A job id, or in a batch also the key of another entry.
+DependencyName = Annotated[str, msgspec.Meta(pattern=whole(KEY_PATTERN),
+                                             description="a job id, or in a batch the key of another entry")]
 
 
 class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -57,6 +64,10 @@ class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_retries: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     delay: Annotated[float, msgspec.Meta(ge=0, le=366 * 86400)] | None = None
     run_at: Annotated[datetime.datetime, msgspec.Meta(tz=True)] | None = None  # RFC 3339 with a time zone
+    # The job waits (status waiting) until these jobs completed.
+    depends_on: Annotated[list[DependencyName], msgspec.Meta(max_length=MAX_DEPENDENCIES)] = []
+    # When one of them ends failed or cancelled: cancel this job (and its own dependents), or run it anyway.
+    on_dependency_failure: DependencyFailurePolicy = "cancel"
 
     def delay_ms(self) -> int:
         """How long to hold the job back: ``delay`` seconds, or until ``run_at`` (0: run now)."""
@@ -76,10 +87,13 @@ class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def build_job(body: JobSubmission, request: web.Request) -> Job:
+def build_job(body: JobSubmission, request: web.Request, *, job_id: str | None = None,
+              depends_on: list[str] | None = None, dependency_keys: dict[str, str] | None = None) -> Job:
     """Validate the playbook (inline or named) and turn a submission into a pending Job.
 
-    Raises ApiError 400 with one detail per problem, each naming its field (see ``playbook_details``).
+    ``depends_on`` are the dependencies' job ids (batch keys resolved; default: ``body.depends_on``),
+    ``dependency_keys`` names those given by batch key. Raises ApiError 400 with one detail per problem,
+    each naming its field (see ``playbook_details``).
     """
     settings = request.app[SETTINGS]
     engine = request.app[ENGINE]
@@ -104,8 +118,9 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
                        playbook_details(exc.problems, field)) from None
     cluster = settings.config.cluster
     identity = request.get(IDENTITY)
+    parents = list(body.depends_on) if depends_on is None else depends_on
     return Job(
-        id=new_job_id(),
+        id=job_id or new_job_id(),
         max_retries=cluster.max_retries if body.max_retries is None else body.max_retries,
         priority=body.priority,
         submitted_at=utc_now(),
@@ -119,6 +134,10 @@ def build_job(body: JobSubmission, request: web.Request) -> Job:
         playbook_name=body.playbook_name,
         playbook=playbook,
         context=body.context,
+        depends_on=parents or UNSET,
+        dependency_keys=dependency_keys or UNSET,
+        parent_list=",".join(parents) or UNSET,
+        on_dependency_failure=body.on_dependency_failure if parents else UNSET,
     )
 
 
@@ -191,10 +210,12 @@ async def get_cluster(request: web.Request) -> web.StreamResponse:
     )))
 
 
-async def store_jobs(request: web.Request, jobs: list[Job], delays_ms: list[int], timeout: float) -> None:  # noqa: ASYNC109
-    """Have the dispatcher store ``jobs``; returns once they are in Redis. Raises AskTimeoutError past
-    ``timeout`` seconds and ActorDeadError if the node is stopping (both 503), or the Redis error; 429
-    ``quota_exceeded`` (nothing stored) when the calling key's max_pending quota has no room for them."""
+async def store_jobs(request: web.Request, jobs: list[Job], delays_ms: list[int], timeout: float, *,  # noqa: ASYNC109
+                     submitted: list[Job] | None = None, batch: bool = False) -> None:
+    """Have the dispatcher store ``jobs`` (in this order); returns once they are in Redis. Raises
+    AskTimeoutError past ``timeout`` seconds and ActorDeadError if the node is stopping (both 503), or
+    the Redis error. A dependency the store refuses is a 400 naming every ``depends_on`` entry of
+    ``submitted`` (the same jobs in submission order; default ``jobs``) that names it."""
     try:
         async with asyncio.timeout(timeout):  # one deadline for the hop to the dispatcher and the write
             stored: asyncio.Future[None] = await request.app[SYSTEM].get("dispatcher").ask(
@@ -202,6 +223,8 @@ async def store_jobs(request: web.Request, jobs: list[Job], delays_ms: list[int]
             await stored
     except TimeoutError:
         raise AskTimeoutError(f"the jobs were not stored within {timeout:g}s") from None
+    except DependencyRefused as exc:
+        raise refusal_error(exc, submitted or jobs, batch=batch) from None
     except QuotaExceeded as exc:
         request.app[METRICS].rate_limited.labels(code="quota_exceeded").inc()
         raise ApiError(429, "quota_exceeded", f"this key's quota is full: {exc}; retry once some of its jobs "
@@ -218,35 +241,52 @@ def quota_of(request: web.Request) -> Quota | None:
 
 @requires("operator")
 @operation("Submit a job", body=JobSubmission, ok=SubmitResponse, tag="jobs", audit="job.submit",
-           description="Queue a playbook (inline, or by name from playbooks_dir) with its context. "
-                       "POST /playbook/async is the same operation.")
+           description="Queue a playbook (inline, or by name from playbooks_dir) with its context. With "
+                       "depends_on, the job waits until those jobs completed. POST /playbook/async is the same "
+                       "operation.")
 async def submit_job(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, JobSubmission)
+    check_graph([Entry(None, body.depends_on)], batch=False)
     job = build_job(body, request)
     request[AUDIT_TARGET] = job.id
     await require_secrets(request, [secret_refs_of(body, job, request)])
-    await store_jobs(request, [job], [body.delay_ms()], timeout=10.0)
+    await store_jobs(request, [job], [body.delay_ms()], timeout=10.0, batch=False)
     return respond(request, SubmitResponse(job_id=job.id))
+
+
+class BatchEntry(JobSubmission, kw_only=True, forbid_unknown_fields=True):
+    """A job of ``POST /cluster/jobs/batch``: a job body, plus ``key``, a name other entries' ``depends_on``
+    may use for it."""
+
+    key: BatchKey | None = None
 
 
 class BatchSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The body of ``POST /cluster/jobs/batch``: up to MAX_BATCH jobs, stored in one round-trip."""
 
-    jobs: Annotated[list[JobSubmission], msgspec.Meta(min_length=1, max_length=1000)]
+    jobs: Annotated[list[BatchEntry], msgspec.Meta(min_length=1, max_length=1000)]
 
 
 @requires("operator")
 @operation("Submit up to 1000 jobs, all or nothing", body=BatchSubmission, ok=BatchSubmitResponse, tag="jobs",
-           audit="job.submit_batch")
+           audit="job.submit_batch",
+           description="The batch is one atomic dependency graph: entries may carry a key and depend on other "
+                       "entries by key, or on existing jobs by id.")
 async def submit_batch(request: web.Request) -> web.StreamResponse:
     """All or nothing: if any job is invalid, none is stored and the details name ``jobs[i]``: the
     field ``jobs[i].playbook[2].script`` (a playbook problem keeps its path in the playbook,
     ``$[2].script``) or ``jobs[i].run_at`` with the path ``$.jobs[i].run_at``."""
     body = await read_json(request, BatchSubmission)
-    jobs, delays = [], []
+    plan = check_graph([Entry(item.key, item.depends_on) for item in body.jobs], batch=True)
+    ids = [new_job_id() for _ in body.jobs]
+    jobs: list[Job] = []
+    delays = []
     for index, item in enumerate(body.jobs):
+        parents = [ids[parent] if isinstance(parent, int) else parent for parent in plan.parents[index]]
+        keys = {ids[parent]: key for parent in plan.parents[index]
+                if isinstance(parent, int) and (key := body.jobs[parent].key) is not None}
         try:
-            jobs.append(build_job(item, request))
+            jobs.append(build_job(item, request, job_id=ids[index], depends_on=parents, dependency_keys=keys))
             delays.append(item.delay_ms())
         except ApiError as exc:
             for detail in exc.details:
@@ -257,8 +297,10 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
     request[AUDIT_TARGET] = jobs[0].id if len(jobs) == 1 else f"{len(jobs)} jobs: {jobs[0].id} .. {jobs[-1].id}"
     refs = [secret_refs_of(item, job, request) for item, job in zip(body.jobs, jobs, strict=True)]
     await require_secrets(request, refs, [f"jobs[{index}].playbook" for index in range(len(jobs))])
-    await store_jobs(request, jobs, delays, timeout=30.0)
-    return respond(request, BatchSubmitResponse(job_ids=[job.id for job in jobs]))
+    # Stored in dependency order (each job after those it depends on); answered in submission order.
+    await store_jobs(request, [jobs[index] for index in plan.order], [delays[index] for index in plan.order],
+                     timeout=30.0, submitted=jobs, batch=True)
+    return respond(request, BatchSubmitResponse(job_ids=ids))
 
 
 def job_id_from(request: web.Request) -> str:
@@ -278,22 +320,23 @@ async def get_job(request: web.Request) -> web.StreamResponse:
     raw: bytes | None = await request.app[SYSTEM].get("dispatcher").ask(GetJob(job_id), timeout=5.0)
     if raw is None:
         raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, or expired after the retention period)")
-    return respond(request, JobResponse(job=job_view_decoder.decode(raw)))
+    return respond(request, JobResponse(job=await with_dependencies(request, raw)))
 
 
 @requires("operator")
-@operation("Cancel a pending or running job", ok=JobStatusResponse, path={"job_id": JobId}, errors=(404, 409),
-           tag="jobs", audit="job.cancel")
+@operation("Cancel a waiting, pending or running job", ok=JobStatusResponse, path={"job_id": JobId},
+           errors=(404, 409), tag="jobs", audit="job.cancel")
 async def cancel_job(request: web.Request) -> web.StreamResponse:
-    """Cancel a pending job at once, a running one within a second on the node that runs it; 409 if the
-    job already ended."""
+    """Cancel a waiting or pending job at once, a running one within a second on the node that runs it;
+    409 if the job already ended. Its dependents are settled as for any cancelled dependency (by
+    default they are cancelled too, with reason dependency_failed, and so on down)."""
     job_id = job_id_from(request)
     change = await cancel_job_of(request.app[SYSTEM].get("dispatcher"), job_id)
     if change is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     if not change.applied:
-        raise ApiError(409, "conflict", f"job {change.job_id} is already {change.before}; only pending or running "
-                                        "jobs can be cancelled")
+        raise ApiError(409, "conflict", f"job {change.job_id} is already {change.before}; only waiting, pending or "
+                                        "running jobs can be cancelled")
     return respond(request, JobStatusResponse(job_id=change.job_id, status="cancelled", previous_status=change.before))
 
 
@@ -301,15 +344,17 @@ async def cancel_job(request: web.Request) -> web.StreamResponse:
 @operation("Run a failed or cancelled job again", ok=JobStatusResponse, path={"job_id": JobId},
            errors=(404, 409), tag="jobs", audit="job.retry")
 async def retry_job(request: web.Request) -> web.StreamResponse:
-    """Run a failed or cancelled job again, with a fresh retry budget; 409 for a job in another state."""
+    """Run a failed or cancelled job again, with a fresh retry budget; 409 for a job in another state.
+    A job with dependencies enters them again: ``status`` says whether it is pending, waiting, or
+    cancelled again at once (a dependency failed and its policy is cancel)."""
     job_id = job_id_from(request)
     change = await retry_job_of(request.app[SYSTEM].get("dispatcher"), job_id)
     if change is None:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
-    if not change.applied:
+    if change.after is None:
         raise ApiError(409, "conflict", f"job {change.job_id} is {change.before}; only failed or cancelled jobs "
                                         "can be retried")
-    return respond(request, JobStatusResponse(job_id=change.job_id, status="pending", previous_status=change.before))
+    return respond(request, JobStatusResponse(job_id=change.job_id, status=change.after, previous_status=change.before))
 
 
 ROUTES = [

@@ -58,12 +58,13 @@ async def list_dead_letters(request: web.Request) -> web.StreamResponse:
 @operation("Requeue a dead-lettered job", ok=JobStatusResponse, path={"job_id": JobId}, errors=(404,),
            audit="dlq.requeue")
 async def requeue_dead_letter(request: web.Request) -> web.StreamResponse:
-    """Put a dead-lettered job back in the queue with a fresh retry budget."""
+    """Put a dead-lettered job back in the queue with a fresh retry budget (a job with dependencies
+    enters them again: ``status`` is pending, waiting, or cancelled if a dependency failed)."""
     job_id = job_id_from(request)
     change = await requeue_dead_letter_of(request.app[SYSTEM].get("dispatcher"), job_id)
-    if change is None:
+    if change is None or change.after is None:
         raise ApiError(404, "not_found", f"job {job_id!r} is not in the dead-letter queue")
-    return respond(request, JobStatusResponse(job_id=change.job_id, status="pending", previous_status=change.before))
+    return respond(request, JobStatusResponse(job_id=change.job_id, status=change.after, previous_status=change.before))
 
 
 @requires("admin")

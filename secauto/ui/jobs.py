@@ -28,9 +28,10 @@ STATUSES: tuple[str, ...] = get_args(JobStatus)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 # The notices an action may leave for the page it redirects to (fixed texts: nothing from the URL is shown).
 NOTICES = {
-    "cancelled": "Cancel requested: a pending job stops at once, a running one within a second.",
-    "retried": "The job is queued again with a fresh retry budget.",
-    "not_cancellable": "Nothing done: only pending or running jobs can be cancelled.",
+    "cancelled": "Cancel requested: a waiting or pending job stops at once, a running one within a second; "
+                 "jobs waiting for it are settled as their on_dependency_failure says.",
+    "retried": "The job is queued again with a fresh retry budget (a job with dependencies waits for them again).",
+    "not_cancellable": "Nothing done: only waiting, pending or running jobs can be cancelled.",
     "not_retryable": "Nothing done: only failed or cancelled jobs can be retried.",
 }
 
