@@ -26,12 +26,14 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import msgspec
 
-__all__ = ["FINISHED_STATUSES", "MAX_BATCH", "SecautoClient", "SecautoError"]
+__all__ = ["FINISHED_STATUSES", "MAX_BATCH", "UNFINISHED_STATUSES", "SecautoClient", "SecautoError"]
 
 #: The most jobs ``POST /cluster/jobs/batch`` accepts in one request.
 MAX_BATCH: Final = 1000
 #: Job statuses after which a job does not change any more.
 FINISHED_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+#: The others: waiting (for its dependencies), pending (queued), running.
+UNFINISHED_STATUSES: Final = frozenset({"waiting", "pending", "running"})
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -117,12 +119,16 @@ class SecautoClient:
     def job_body(playbook: Sequence[Any] | str, context: Mapping[str, Any] | None = None, *,
                  priority: int | None = None, tags: Sequence[str] | None = None, affinity: str | None = None,
                  timeout: float | None = None, max_retries: int | None = None, delay: float | None = None,
-                 run_at: str | None = None) -> dict[str, Any]:
+                 run_at: str | None = None, depends_on: Sequence[str] | None = None,
+                 on_dependency_failure: str | None = None, key: str | None = None) -> dict[str, Any]:
         """The JSON body of one job, as ``submit`` sends it and ``submit_batch`` takes it.
 
         ``playbook`` is a list of steps, or a string naming a playbook in the node's playbooks_dir
-        (sent as ``playbook_name``). Options left at None are not sent, so the node's defaults apply.
-        Nothing is validated here: the node does it and answers 400 with the field paths.
+        (sent as ``playbook_name``). ``depends_on`` names the jobs it waits for (job ids; in a batch
+        also other entries' ``key``), ``on_dependency_failure`` is ``cancel`` (the node's default) or
+        ``run``, ``key`` names the job inside a batch (``submit_batch`` only). Options left at None are
+        not sent, so the node's defaults apply. Nothing is validated here: the node does it and answers
+        400 with the field paths.
         """
         body: dict[str, Any] = (
             {"playbook_name": playbook} if isinstance(playbook, str) else {"playbook": list(playbook)}
@@ -130,7 +136,9 @@ class SecautoClient:
         body["context"] = dict(context) if context is not None else {}
         options: dict[str, Any] = {"priority": priority, "tags": None if tags is None else list(tags),
                                    "affinity": affinity, "timeout": timeout, "max_retries": max_retries,
-                                   "delay": delay, "run_at": run_at}
+                                   "delay": delay, "run_at": run_at,
+                                   "depends_on": None if depends_on is None else list(depends_on),
+                                   "on_dependency_failure": on_dependency_failure, "key": key}
         body.update({key: value for key, value in options.items() if value is not None})
         return body
 
@@ -139,16 +147,19 @@ class SecautoClient:
                      # the job's run-time limit, sent to the node (not a timeout of this call)
                      timeout: float | None = None,  # noqa: ASYNC109
                      max_retries: int | None = None, delay: float | None = None,
-                     run_at: str | None = None) -> str:
+                     run_at: str | None = None, depends_on: Sequence[str] | None = None,
+                     on_dependency_failure: str | None = None) -> str:
         """Submit one job (``POST /cluster/jobs``) and return its id.
 
         ``playbook`` and the options are as in :meth:`job_body` (``timeout`` is the job's run-time
-        limit in seconds, not a request timeout). Raises :class:`SecautoError`: 400 with details naming
-        the bad field, 401/403 for a missing, wrong or under-privileged key, 503 while the node cannot
-        reach Redis (see ``retry_after``).
+        limit in seconds, not a request timeout; with ``depends_on`` the job is ``waiting`` until those
+        jobs completed). Raises :class:`SecautoError`: 400 with details naming the bad field (an unknown
+        dependency: ``depends_on[i]``), 401/403 for a missing, wrong or under-privileged key, 503 while
+        the node cannot reach Redis (see ``retry_after``).
         """
         body = self.job_body(playbook, context, priority=priority, tags=tags, affinity=affinity, timeout=timeout,
-                             max_retries=max_retries, delay=delay, run_at=run_at)
+                             max_retries=max_retries, delay=delay, run_at=run_at, depends_on=depends_on,
+                             on_dependency_failure=on_dependency_failure)
         answer = await self._request("POST", "/cluster/jobs", body)
         return str(self._field(answer, "job_id", str))
 
@@ -181,8 +192,9 @@ class SecautoClient:
         return dict(self._field(answer, "job", dict))
 
     async def wait(self, job_id: str, timeout: float = 60.0, poll: float = 0.1) -> dict[str, Any]:  # noqa: ASYNC109
-        """Poll :meth:`get_job` every ``poll`` seconds until the job is completed, failed or cancelled,
-        and return its record (a failed job is returned, not raised: look at ``status`` and ``error``).
+        """Poll :meth:`get_job` every ``poll`` seconds until the job is completed, failed or cancelled
+        (a ``waiting`` job, whose dependencies have not all ended, is still unfinished), and return its
+        record (a failed job is returned, not raised: look at ``status`` and ``error``).
 
         Raises ``TimeoutError`` if the job has not finished after ``timeout`` seconds, and
         :class:`SecautoError` as :meth:`get_job` does (404 if the job is unknown).

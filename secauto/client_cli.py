@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from secauto.client import FINISHED_STATUSES, SecautoClient, SecautoError
+from secauto.client import FINISHED_STATUSES, UNFINISHED_STATUSES, SecautoClient, SecautoError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_URL = "http://localhost:8080"
@@ -45,13 +45,17 @@ def add_client_commands(commands: Any) -> None:
     submit.add_argument("--priority", type=int, default=None)
     submit.add_argument("--tag", action="append", default=[], help="a tag (repeatable)")
     submit.add_argument("--affinity", default=None)
+    submit.add_argument("--depends-on", action="append", default=[], metavar="JOB_ID",
+                        help="wait until this job completed (repeatable)")
+    submit.add_argument("--on-dependency-failure", choices=["cancel", "run"], default=None,
+                        help="when a dependency fails: cancel this job (the default) or run it anyway")
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 if it failed")
     submit.add_argument("--timeout", type=float, default=3600.0, help="how long --wait waits (seconds)")
     common(submit)
 
     jobs = commands.add_parser("jobs", help="list jobs, or show one")
     jobs.add_argument("job_id", nargs="?", help="show this job")
-    jobs.add_argument("--status", default=None)
+    jobs.add_argument("--status", default=None, choices=sorted(FINISHED_STATUSES | UNFINISHED_STATUSES))
     jobs.add_argument("--tag", default=None)
     jobs.add_argument("--node", default=None)
     jobs.add_argument("--limit", type=int, default=20)
@@ -167,7 +171,8 @@ def _load_playbook(name: str) -> list[Any] | str:
 async def _submit(client: SecautoClient, args: argparse.Namespace) -> int:
     playbook = _load_playbook(args.playbook)
     job_id = await client.submit(playbook, _load_context(args.context), priority=args.priority,
-                                 tags=args.tag or None, affinity=args.affinity)
+                                 tags=args.tag or None, affinity=args.affinity, depends_on=args.depends_on or None,
+                                 on_dependency_failure=args.on_dependency_failure)
     if not args.wait:
         _emit({"job_id": job_id, "status": "submitted"}) if args.json else print(job_id)
         return EXIT_OK
@@ -186,11 +191,13 @@ async def _follow(client: SecautoClient, job_id: str, *, limit: float, quiet: bo
     async with asyncio.timeout(limit):
         while True:
             job = await client.get_job(job_id)
-            state = (job["status"], job.get("assigned_to"), job.get("attempt"))
+            state = (job["status"], job.get("assigned_to"), job.get("attempt"), tuple(job.get("waiting_on") or ()))
             elapsed = time.monotonic() - started
             if not quiet and state != last:
                 where = f" on {job['assigned_to']}" if job.get("assigned_to") and job["status"] == "running" else ""
                 attempt = f" (attempt {job['attempt']})" if job.get("attempt", 0) > 1 else ""
+                if job["status"] == "waiting" and job.get("waiting_on"):
+                    where = f" on {', '.join(job['waiting_on'])}"
                 out.write(("\r" if tty else "") + f"{job_id}: {job['status']}{where}{attempt}  [{elapsed:.1f}s]\n")
                 last = state
             elif tty:
@@ -220,7 +227,7 @@ async def _jobs(client: SecautoClient, args: argparse.Namespace) -> int:
         else:
             for field in ("id", "status", "playbook_name", "priority", "tags", "assigned_to", "attempt", "retry_count",
                           "max_retries", "submitted_at", "submitted_by", "started_at", "completed_at", "reason",
-                          "error"):
+                          "error", "depends_on", "waiting_on"):
                 print(f"{field:13} {job.get(field)}")
             _describe_end({**job, "error": None}, sys.stdout)
         return EXIT_OK
