@@ -136,3 +136,24 @@ def test_usage_errors(node_url: str) -> None:
     assert bad.returncode == 2 and "no playbook file" in bad.stderr
     wrong = secauto(node_url, "cluster", key="wrong-key-0123456789abc")
     assert wrong.returncode == 1 and "401" in wrong.stderr
+
+
+def test_submit_with_dependencies(node_url: str, tmp_path: Path) -> None:
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps([{"action": "sleep", "seconds": 1}, {"action": "set", "variables": {"n": 7}}]))
+    parent = secauto(node_url, "submit", str(slow), "--json")
+    parent_id = json.loads(parent.stdout)["job_id"]
+    reader = tmp_path / "reader.json"
+    reader.write_text(json.dumps([{"action": "set", "variables": {"got": "{{dependencies." + parent_id
+                                                                           + ".context.n}}"}}]))
+    child = secauto(node_url, "submit", str(reader), "--depends-on", parent_id, "--on-dependency-failure", "run",
+                    "--wait")
+    assert child.returncode == 0, child.stderr
+    assert f"waiting on {parent_id}" in child.stderr and "completed" in child.stderr
+    job = json.loads(secauto(node_url, "jobs", child.stderr.split(":", 1)[0].strip(), "--json").stdout)
+    assert job["status"] == "completed" and job["context"]["got"] == 7 and job["depends_on"] == [parent_id]
+    assert job["on_dependency_failure"] == "run"
+    shown = secauto(node_url, "jobs", job["id"])
+    assert f"depends_on    ['{parent_id}']" in shown.stdout
+    unknown = secauto(node_url, "submit", str(reader), "--depends-on", "job-nope")
+    assert unknown.returncode == 1 and "depends_on[0]" in unknown.stderr

@@ -12,7 +12,7 @@ import redis.asyncio
 
 from secauto.models import Job, job_decoder, json_encoder, make_event, new_job_id, utc_now
 from secauto.store.connection import open_embedded
-from secauto.store.jobs import JobQueue, RetentionPolicy
+from secauto.store.jobs import JobQueue, RequeueResult, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
 
@@ -256,8 +256,8 @@ async def test_dead_letter_requeue_and_forget(client: redis.asyncio.Redis) -> No
     kept = [job_decoder.decode(record).id for record in records]
     [dropped] = [j.id for j in jobs if j.id not in kept]
     assert size == 2 and len(kept) == 2 and await queue.get(dropped) is None
-    assert await queue.requeue(kept[0]) == "failed"
-    assert await queue.requeue(kept[0]) == "pending"
+    assert await queue.requeue(kept[0]) == RequeueResult(before="failed", after="pending")
+    assert await queue.requeue(kept[0]) == RequeueResult(before="pending", after=None)
     assert (await queue.dead_letters())[0] == 1
     assert await queue.forget(kept[1])
     assert not await queue.forget(kept[1])

@@ -15,10 +15,12 @@ from secauto.models import Job, JobView, job_decoder
 from secauto.node import Node
 from tests.support.nodes import OPERATOR_KEY, auth, node_settings, running_node
 
-BOOKKEEPING = {"node_losses", "avoid_node", "avoid_until", "target", "enqueued_at", "tag_list"}
+BOOKKEEPING = {"node_losses", "avoid_node", "avoid_until", "target", "enqueued_at", "tag_list", "parent_list",
+               "dependency_keys"}
 DOCUMENT_FIELDS = {"id", "playbook", "context", "status", "submitted_at", "started_at", "completed_at",
                    "assigned_to", "results", "retry_count", "priority", "tags"}
-SECOND_WAVE_FIELDS = {"attempts", "error", "reason", "timeout", "affinity", "run_at", "playbook_name", "submitted_by"}
+SECOND_WAVE_FIELDS = {"attempts", "error", "reason", "timeout", "affinity", "run_at", "playbook_name", "submitted_by",
+                      "depends_on", "on_dependency_failure", "waiting_on", "dependencies"}
 
 
 @pytest.fixture

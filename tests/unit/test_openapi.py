@@ -93,7 +93,8 @@ def test_bodies_errors_and_special_media_types_are_documented() -> None:
     jobs_params = {param["name"]: param for param in DOC["paths"]["/cluster/jobs"]["get"]["parameters"]}
     assert set(jobs_params) == {"status", "tag", "node", "schedule", "limit", "cursor"}
     assert jobs_params["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}
-    assert jobs_params["status"]["schema"]["enum"] == ["cancelled", "completed", "failed", "pending", "running"]
+    assert jobs_params["status"]["schema"]["enum"] == ["cancelled", "completed", "failed", "pending", "running",
+                                                      "waiting"]
 
 
 def test_every_json_response_schema_carries_success_and_timestamp() -> None:

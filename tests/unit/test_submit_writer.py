@@ -146,3 +146,19 @@ async def test_a_submission_with_a_quota_goes_alone_and_only_it_is_refused(write
     assert queue.quotas == [None, None, bounded, full, None]
     assert isinstance(results[5], QuotaExceeded)
     assert all(result is None for index, result in enumerate(results) if index != 5)
+async def test_a_submission_with_dependencies_has_a_call_of_its_own(writer: Any) -> None:
+    """The submit script refuses a whole call when a dependency is unknown: a submission with
+    dependencies must not share a call, or its refusal would reach the submissions beside it."""
+    submit_writer, queue, _ = writer
+    queue.gate.clear()
+    first = submit_writer.add([job()])
+    await asyncio.sleep(0)  # the first call is in flight
+    dependent = job()
+    dependent.depends_on, dependent.parent_list = ["job-x"], "job-x"
+    before = [submit_writer.add([job()]) for _ in range(3)]
+    alone = submit_writer.add([dependent])
+    after = [submit_writer.add([job()]) for _ in range(2)]
+    queue.gate.set()
+    await asyncio.gather(first, *before, alone, *after)
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 3, 1, 2]
+    assert queue.calls[2][0] == [dependent.id]
