@@ -16,7 +16,15 @@ from msgspec import UNSET
 from secauto.dependencies import MAX_DEPENDENTS
 from secauto.models import Job, json_encoder, make_event, new_job_id, utc_now
 from secauto.store.connection import open_embedded
-from secauto.store.jobs import DependencyRefused, FinishOutcome, JobQueue, RequeueResult, RetentionPolicy
+from secauto.store.jobs import (
+    DependencyRefused,
+    FinishOutcome,
+    JobQueue,
+    Quota,
+    QuotaExceeded,
+    RequeueResult,
+    RetentionPolicy,
+)
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
 
@@ -406,3 +414,30 @@ def test_the_header_prefixes_match_the_header() -> None:
     prefixes = re.findall(r"'\"(\w+)\":'", source.split("local HEADER_PREFIX = {", 1)[1].split("}", 1)[0])
     assert header == prefixes
     assert header == list(Job.__struct_fields__[:len(header)])
+
+
+async def test_waiting_jobs_count_against_a_quota_until_they_end_even_by_a_cascade(
+        client: redis.asyncio.Redis) -> None:
+    """max_pending counts waiting jobs too; a dependent cancelled by a cascade (or at submission)
+    gives its place back like any job that ended."""
+    queue = JobQueue(client, KEYS)
+    quota = Quota(key_name="ci", max_pending=4)
+
+    async def live() -> int:
+        return int(await client.hget(KEYS.quota_pending, "ci") or 0)
+
+    parent = job()
+    child = job(parent)
+    grandchild = job(child)
+    events = [make_event("job.submitted", job_id=j.id, status="pending") for j in (parent, child, grandchild)]
+    assert await queue.submit([parent, child, grandchild], events, quota=quota) == 3
+    assert await live() == 3
+    with pytest.raises(QuotaExceeded):
+        await queue.submit([job(), job()], [make_event("job.submitted")] * 2, quota=quota)
+    await run(queue, parent, "dead")
+    assert await statuses(queue, child, grandchild) == ["cancelled", "cancelled"]
+    assert await live() == 0 and not await client.hlen(KEYS.quota_owner)
+    # Cancelled at submission (its dependency already failed): it takes no place.
+    late = job(parent)
+    assert await queue.submit([late], [make_event("job.submitted", job_id=late.id)], quota=quota) == 1
+    assert await status(queue, late) == "cancelled" and await live() == 0
