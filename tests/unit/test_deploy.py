@@ -496,8 +496,10 @@ def test_nginx_balances_the_three_nodes_with_failover(name: str) -> None:
     for server in servers:
         assert re.search(r"\bmax_fails=\d+", server) and re.search(r"\bfail_timeout=\d+s", server), server
     assert re.search(r"proxy_pass\s+http://secauto_cluster;", text)
-    for header in (r"Host \$host", r"X-Real-IP \$remote_addr", r"X-Forwarded-For \$proxy_add_x_forwarded_for"):
+    # the browser's Host with its port: the dashboard compares it with Origin ($host drops the port)
+    for header in (r"Host \$http_host", r"X-Real-IP \$remote_addr", r"X-Forwarded-For \$proxy_add_x_forwarded_for"):
         assert re.search(r"proxy_set_header\s+" + header + ";", text), header
+    assert len(re.findall(r"proxy_set_header\s+Host\s", text)) == 1  # no second one, e.g. a location's $host
     (next_upstream,) = re.findall(r"proxy_next_upstream\s+([^;]+);", text)
     assert {"error", "timeout", "http_502", "http_503", "http_504"} <= set(next_upstream.split())
     assert "non_idempotent" not in next_upstream  # a POST that reached a node is never sent twice
