@@ -222,6 +222,12 @@ class GetSchedule(msgspec.Struct, frozen=True):
     name: str
 
 
+class LatestOutcomes(msgspec.Struct, frozen=True):
+    """Ask: each named schedule's newest recorded history entry (JSON bytes), or None, in order."""
+
+    names: tuple[str, ...]
+
+
 class DeleteSchedule(msgspec.Struct, frozen=True):
     """Ask: delete a schedule made through the API. Answers deleted, not_found or managed_by_config."""
 

@@ -2,100 +2,42 @@
 ``POST /schedules/{name}/pause``, ``/resume`` and ``/trigger``.
 
 Definitions are checked here (types by msgspec, then cron, time zone, every and the playbook, which is
-resolved and validated now) and stored by the SchedulerActor; the leader fires them. Schedules from
+resolved and validated now; an unknown ``{{secrets.NAME}}`` in it is a 400, as for a job submission)
+and stored by the SchedulerActor; the leader fires them. Schedules from
 config.yaml answer 409 ``managed_by_config`` to a change or delete; pause, resume and trigger work on
 every schedule.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
 
-from actors.messages import (
-    DeleteSchedule,
-    GetSchedule,
-    ListSchedules,
-    PauseSchedule,
-    SaveSchedule,
-    TriggerSchedule,
-)
+from actors.messages import DeleteSchedule, SaveSchedule
 from secauto.api.errors import ApiError, ErrorDetail
 from secauto.api.inputs import read_json, read_optional_json
 from secauto.api.roles import requires
+from secauto.api.secret_refs import require_secrets
 from secauto.api.spec import operation, respond
 from secauto.api.state import AUDIT_TARGET, ENGINE, IDENTITY, SYSTEM
 from secauto.engine import PlaybookInvalid
 from secauto.models import utc_now
-from secauto.schedules.definition import ScheduleRecord, resolve_steps
+from secauto.schedule_operations import get_schedule as read_schedule
+from secauto.schedule_operations import is_schedule_name, refusal
+from secauto.schedule_operations import list_schedules as read_schedules
+from secauto.schedule_operations import pause_schedule as set_paused
+from secauto.schedule_operations import trigger_schedule as trigger_now
+from secauto.schedules.definition import ScheduleRecord, resolve_steps, secret_refs
 from secauto.schedules.spec import (
-    SCHEDULE_NAME_PATTERN,
-    Catchup,
-    Overlap,
     ScheduleName,
     ScheduleReplacement,
     ScheduleSpec,
     definition_problems,
     with_name,
 )
-from secauto.schedules.timing import NEVER, iso_ms
-from secauto.store.schedules import StoredSchedule
-
-_NAME = re.compile(SCHEDULE_NAME_PATTERN)
-NEXT_FIRES = 5
-
-
-class HistoryEntry(msgspec.Struct, kw_only=True):
-    """One slot's outcome: fired, triggered, skipped_overlap, missed or paused. A long outage is one
-    ``missed`` (or ``paused``) entry covering ``slot`` .. ``until``."""
-
-    slot: str
-    outcome: str
-    job_id: str | None  # the job created (fired, triggered)
-    until: str | msgspec.UnsetType = msgspec.UNSET
-
-
-class LastFire(msgspec.Struct, kw_only=True):
-    slot: str  # the slot (RFC 3339 UTC; the trigger time for a trigger)
-    job_id: str
-    fired_at: str
-
-
-class ScheduleView(msgspec.Struct, kw_only=True):
-    """A schedule as the API shows it: its definition and its state."""
-
-    name: str
-    cron: str | None
-    every: float | None
-    timezone: str
-    playbook: list[Any] | None  # as given; null for a named playbook
-    playbook_name: str | None
-    context: dict[str, Any]
-    priority: int
-    tags: list[str]
-    affinity: str | None
-    timeout: float | None
-    max_retries: int | None
-    overlap: Overlap
-    catchup: Catchup
-    catchup_window: float
-    jitter: float
-    enabled: bool
-    managed_by: Literal["config", "api"]
-    created_at: str | None
-    updated_at: str | None
-    paused: bool
-    paused_at: str | None
-    pause_note: str | None
-    next_fires: list[str]  # the next slots (RFC 3339 UTC); empty while paused or disabled
-    last_fire: LastFire | None
-
-
-class ScheduleDetail(ScheduleView, kw_only=True):
-    history: list[HistoryEntry]  # newest slot first
+from secauto.schedules.view import ScheduleDetail, ScheduleView
 
 
 class ScheduleListResponse(msgspec.Struct, kw_only=True):
@@ -131,39 +73,10 @@ class PauseBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     note: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
 
-_history_decoder = msgspec.json.Decoder(HistoryEntry)
-
-
-def view(stored: StoredSchedule, now: int, history: list[bytes] | None = None) -> ScheduleDetail:
-    """The API's view of a stored schedule at Redis time ``now``."""
-    spec, state = stored.record.spec, stored.state
-    next_fires: list[str] = []
-    if spec.enabled and not state.paused and state.slot < NEVER:
-        slots = [state.slot, *stored.record.timing.upcoming(state.slot, NEXT_FIRES - 1)]
-        next_fires = [iso_ms(slot) for slot in slots if slot < NEVER]
-    last_fire = None
-    if state.last_job and state.last_fire_slot and state.last_fire_at:
-        last_fire = LastFire(slot=state.last_fire_slot, job_id=state.last_job, fired_at=state.last_fire_at)
-    entries = [_history_decoder.decode(raw) for raw in history or []]
-    entries.sort(key=lambda entry: entry.slot, reverse=True)  # a buffered slot is recorded after newer ones
-    return ScheduleDetail(
-        name=spec.name, cron=spec.cron, every=spec.every, timezone=spec.timezone, playbook=spec.playbook,
-        playbook_name=spec.playbook_name, context=spec.context, priority=spec.priority, tags=list(spec.tags),
-        affinity=spec.affinity, timeout=spec.timeout, max_retries=spec.max_retries, overlap=spec.overlap,
-        catchup=spec.catchup, catchup_window=spec.catchup_window, jitter=spec.jitter, enabled=spec.enabled,
-        managed_by=state.source, created_at=state.created_at, updated_at=state.updated_at, paused=state.paused,
-        paused_at=state.paused_at, pause_note=state.pause_note or None, next_fires=next_fires, last_fire=last_fire,
-        history=entries)
-
-
-def summary(detail: ScheduleDetail) -> ScheduleView:
-    return ScheduleView(**{name: getattr(detail, name) for name in ScheduleView.__struct_fields__})
-
-
 def name_from(request: web.Request) -> str:
     """The ``{name}`` path part; 404 for anything that cannot be a schedule's name."""
     name = request.match_info["name"]
-    if not _NAME.match(name):
+    if not is_schedule_name(name):
         raise ApiError(404, "not_found", f"no schedule {name[:100]!r}")
     return name
 
@@ -185,24 +98,24 @@ def build_record(spec: ScheduleSpec, request: web.Request) -> ScheduleRecord:
     return ScheduleRecord(spec=spec, steps=steps)
 
 
+async def checked_record(spec: ScheduleSpec, request: web.Request) -> ScheduleRecord:
+    """``build_record``, then 400 for every ``{{secrets.NAME}}`` that is not stored, as a job submission
+    (the first one in the message, with its path in the playbook)."""
+    record = build_record(spec, request)
+    await require_secrets(request, [secret_refs(record, request.app[ENGINE])])
+    return record
+
+
 async def _detail(request: web.Request, name: str) -> ScheduleDetail:
-    now, stored, history = await request.app[SYSTEM].get("scheduler").ask(GetSchedule(name), timeout=10.0)
-    if stored is None:
-        raise ApiError(404, "not_found", f"no schedule {name!r}")
-    return view(stored, now, history)
+    detail = await read_schedule(request.app[SYSTEM].get("scheduler"), name)
+    if detail is None:
+        raise _refused("not_found", name)
+    return detail
 
 
 def _refused(result: str, name: str) -> ApiError:
-    if result == "managed_by_config":
-        return ApiError(409, "managed_by_config", f"schedule {name} comes from config.yaml; change or remove it there "
-                                                  "(pause, resume and trigger work here)")
-    if result == "exists":
-        return ApiError(409, "conflict", f"a schedule named {name} exists; PUT /schedules/{name} replaces it")
-    if result == "too_many":
-        return ApiError(409, "conflict", "too many schedules; delete some first")
-    if result == "not_found":
-        return ApiError(404, "not_found", f"no schedule {name!r}")
-    return ApiError(409, "conflict", f"schedule {name} changed meanwhile; try again")
+    why = refusal(result, name)
+    return ApiError(why.status, why.code, why.message)
 
 
 async def _save(request: web.Request, record: ScheduleRecord, mode: str) -> web.StreamResponse:
@@ -216,8 +129,7 @@ async def _save(request: web.Request, record: ScheduleRecord, mode: str) -> web.
 @requires("viewer")
 @operation("Schedules, by name", ok=ScheduleListResponse)
 async def list_schedules(request: web.Request) -> web.StreamResponse:
-    now, stored = await request.app[SYSTEM].get("scheduler").ask(ListSchedules(), timeout=10.0)
-    return respond(request, ScheduleListResponse(schedules=[summary(view(item, now)) for item in stored]))
+    return respond(request, ScheduleListResponse(schedules=await read_schedules(request.app[SYSTEM].get("scheduler"))))
 
 
 @requires("operator")
@@ -226,7 +138,7 @@ async def list_schedules(request: web.Request) -> web.StreamResponse:
 async def create_schedule(request: web.Request) -> web.StreamResponse:
     spec = await read_json(request, ScheduleSpec)
     request[AUDIT_TARGET] = spec.name
-    return await _save(request, build_record(spec, request), "create")
+    return await _save(request, await checked_record(spec, request), "create")
 
 
 @requires("operator")
@@ -238,13 +150,13 @@ async def create_schedule(request: web.Request) -> web.StreamResponse:
 async def put_schedule(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     body = await read_json(request, ScheduleReplacement)
-    if not _NAME.match(name):
+    if not is_schedule_name(name):
         raise ApiError(400, "validation_error", "the path is not a schedule name",
                        [ErrorDetail(field="name", message="letters, digits, '_', '.', '-'; at most 100")])
     if body.name is not None and body.name != name:
         raise ApiError(400, "validation_error", "name differs from the path",
                        [ErrorDetail(field="name", message=f"must be {name!r} (the path) or left out", path="$.name")])
-    return await _save(request, build_record(with_name(body, name), request), "replace")
+    return await _save(request, await checked_record(with_name(body, name), request), "replace")
 
 
 @requires("viewer")
@@ -269,7 +181,7 @@ async def delete_schedule(request: web.Request) -> web.StreamResponse:
 async def _pause(request: web.Request, *, resume: bool) -> web.StreamResponse:
     name = name_from(request)
     body = await read_optional_json(request, PauseBody, PauseBody())
-    result = await request.app[SYSTEM].get("scheduler").ask(PauseSchedule(name, resume, body.note), timeout=10.0)
+    result = await set_paused(request.app[SYSTEM].get("scheduler"), name, resume=resume, note=body.note)
     if result not in ("paused", "resumed", "not_paused"):
         raise _refused(result, name)
     return respond(request, ScheduleResponse(schedule=await _detail(request, name), created=False))
@@ -301,10 +213,10 @@ async def resume_schedule(request: web.Request) -> web.StreamResponse:
 async def trigger_schedule(request: web.Request) -> web.StreamResponse:
     name = name_from(request)
     identity = request.get(IDENTITY)
-    job_id = await request.app[SYSTEM].get("scheduler").ask(
-        TriggerSchedule(name, identity.name if identity is not None else None), timeout=10.0)
+    job_id = await trigger_now(request.app[SYSTEM].get("scheduler"), name,
+                               identity.name if identity is not None else None)
     if job_id is None:
-        raise ApiError(404, "not_found", f"no schedule {name!r}")
+        raise _refused("not_found", name)
     return respond(request, TriggerResponse(schedule=name, job_id=job_id))
 
 

@@ -21,6 +21,7 @@ from secauto.engine import (
     resolve_named_playbook,
     validate_playbook,
 )
+from secauto.engine.model import SecretRef
 from secauto.models import Job
 from secauto.schedules.spec import ScheduleSpec
 from secauto.schedules.timing import Timing, iso_ms, parse_cron
@@ -57,6 +58,14 @@ def resolve_steps(spec: ScheduleSpec, engine: EngineSettings) -> list[Any]:
     if isinstance(playbook, dict):  # a playbook document {"name", "steps": [...]}
         playbook = playbook["steps"]
     return list(playbook)
+
+
+def secret_refs(record: ScheduleRecord, engine: EngineSettings) -> tuple[SecretRef, ...]:
+    """The ``{{secrets.NAME}}`` the schedule's jobs use, with JSON paths into the inline playbook as given
+    (or into the named playbook's steps), as ``POST /cluster/jobs`` reports them. Validation is cached:
+    this does not validate the playbook again."""
+    playbook: Any = record.spec.playbook if record.spec.playbook is not None else record.steps
+    return validate_playbook(playbook, engine).secret_refs
 
 
 def definition_hash(record: ScheduleRecord, source: Source) -> str:

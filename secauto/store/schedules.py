@@ -143,6 +143,16 @@ class ScheduleStore:
         entries = await self.redis.lrange(self.keys.schedule_history(name), 0, limit - 1)
         return [entry.encode() if isinstance(entry, str) else entry for entry in entries]
 
+    async def latest(self, names: Sequence[str]) -> list[bytes | None]:
+        """Each schedule's newest recorded history entry (JSON) or None, in one round-trip."""
+        if not names:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.lindex(self.keys.schedule_history(name), 0)
+            entries = await pipe.execute()
+        return [entry.encode() if isinstance(entry, str) else entry for entry in entries]
+
     async def due(self, limit: int) -> tuple[int, list[tuple[str, int]]]:
         """(Redis time, the ``limit`` earliest pending slots as (name, due ms)), in one round-trip."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -178,3 +178,53 @@ async def test_a_secret_stored_under_another_key_fails_with_a_clear_error(script
     assert [line for line in lines if "cannot be decrypted with this node's secret key" in line] == [
         f"secret(s) api cannot be decrypted with this node's secret key (key id {mine}): they were stored under "
         "another key; jobs that use them fail on this node\n"]
+
+
+async def test_schedules_naming_an_unknown_secret_are_refused_like_jobs(http: aiohttp.ClientSession) -> None:
+    await call(http, "POST", "/secrets", {"name": "api", "value": VALUE})
+    status, body, _ = await call(http, "POST", "/schedules",
+                                 {"name": "intel", "every": 60, "playbook": uses("{{secrets.nope}}")})
+    assert status == 400
+    assert body["error"]["message"] == "unknown secret 'nope' (used at $[0].parameters.token)"
+    assert body["error"]["details"] == [{"field": "playbook", "message": "unknown secret 'nope'",
+                                         "path": "$[0].parameters.token"}]
+    assert (await call(http, "GET", "/schedules/intel"))[0] == 404  # nothing stored
+    status, body, _ = await call(http, "POST", "/schedules", {"name": "intel", "every": 60, "playbook": uses()})
+    assert status == 200
+    # a replacement naming an unknown secret changes nothing
+    status, body, _ = await call(http, "PUT", "/schedules/intel", {"every": 120, "playbook": uses("{{secrets.gone}}")})
+    assert status == 400 and body["error"]["details"][0]["message"] == "unknown secret 'gone'"
+    status, body, _ = await call(http, "GET", "/schedules/intel")
+    assert body["schedule"]["every"] == 60 and body["schedule"]["playbook"] == uses()
+
+
+async def test_a_config_schedule_may_name_a_secret_stored_later(scripts: Path, tmp_path: Path) -> None:
+    """Config schedules are stored at start even when a secret they use is not stored (yet): the node
+    warns, and a job of the schedule fails that step with "unknown secret" until the secret is stored."""
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / "pull_intel.yaml").write_text(
+        "name: pull_intel\nsteps:\n  - action: run_script\n    script: echo_token\n"
+        "    parameters: {token: '{{secrets.intel_token}}'}\n")
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="WARNING", format="{message}")
+    settings = node_settings("solo", security={"secret_key": KEY},
+                             engine={"scripts_dir": str(scripts), "playbooks_dir": str(playbooks)},
+                             schedules=[{"name": "intel", "cron": "0 3 * * *", "playbook_name": "pull_intel",
+                                         "max_retries": 0}])
+    try:
+        async with running_node(settings) as node, aiohttp.ClientSession(base_url=node.url) as http:
+            status, body, _ = await call(http, "GET", "/schedules/intel")
+            assert status == 200 and body["schedule"]["managed_by"] == "config"
+            job_id = (await call(http, "POST", "/schedules/intel/trigger"))[1]["job_id"]
+            failed = await wait_job(http, job_id)
+            await call(http, "POST", "/secrets", {"name": "intel_token", "value": VALUE})
+            job_id = (await call(http, "POST", "/schedules/intel/trigger"))[1]["job_id"]
+            completed = await wait_job(http, job_id)
+    finally:
+        logger.remove(sink)
+    assert failed["status"] == "failed" and failed["results"][0]["error"] == "unknown secret 'intel_token'"
+    assert completed["status"] == "completed" and completed["context"]["echoed"] == "***"
+    assert [line for line in lines if "uses secrets that are not stored" in line] == [
+        "config schedule intel uses secrets that are not stored: intel_token; its jobs fail that step until they "
+        "are (POST /secrets)\n"]
