@@ -52,10 +52,13 @@ def refusal(result: str, name: str) -> Refusal:
     return Refusal(409, "conflict", f"schedule {name} changed meanwhile; try again")
 
 
-async def list_schedules(scheduler: ActorRef) -> list[ScheduleView]:
-    """Every schedule, by name, without its history."""
+async def list_schedules(scheduler: ActorRef, *, offset: int = 0,
+                         limit: int | None = None) -> tuple[int, list[ScheduleView]]:
+    """(How many schedules there are, those from ``offset`` on, by name, at most ``limit``), without
+    their history. Only the listed ones get their next fires computed."""
     now, stored = await scheduler.ask(ListSchedules(), timeout=ASK_TIMEOUT_S)
-    return [summary(view(item, now)) for item in stored]
+    shown = stored[offset:] if limit is None else stored[offset:offset + limit]
+    return len(stored), [summary(view(item, now)) for item in shown]
 
 
 async def get_schedule(scheduler: ActorRef, name: str) -> ScheduleDetail | None:

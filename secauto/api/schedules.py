@@ -129,7 +129,8 @@ async def _save(request: web.Request, record: ScheduleRecord, mode: str) -> web.
 @requires("viewer")
 @operation("Schedules, by name", ok=ScheduleListResponse)
 async def list_schedules(request: web.Request) -> web.StreamResponse:
-    return respond(request, ScheduleListResponse(schedules=await read_schedules(request.app[SYSTEM].get("scheduler"))))
+    _, schedules = await read_schedules(request.app[SYSTEM].get("scheduler"))
+    return respond(request, ScheduleListResponse(schedules=schedules))
 
 
 @requires("operator")

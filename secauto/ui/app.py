@@ -15,7 +15,7 @@ from aiohttp import web
 from secauto.api.state import EventSource
 from secauto.config import UiConfig
 from secauto.store.sessions import LoginThrottle, SessionStore
-from secauto.ui import dlq, events, jobs, live, login, overview
+from secauto.ui import dlq, events, jobs, live, login, overview, schedules
 from secauto.ui.access import PUBLIC, Handler, access, declared_access
 from secauto.ui.errors import error_pages
 from secauto.ui.live import LIVE_HUB, LiveHub
@@ -26,7 +26,7 @@ from secauto.ui.sessions import redirect, session_middleware
 from secauto.ui.state import SESSIONS, THROTTLE, UI_CONFIG
 from secauto.ui.static import static_file
 
-ROUTE_MODULES = (login, overview, jobs, dlq, events, live)
+ROUTE_MODULES = (login, overview, jobs, schedules, dlq, events, live)
 PREFIX = "/ui"
 
 

@@ -1,5 +1,5 @@
-"""``/ui/jobs`` (filtered cursor pages, job id search), ``/ui/jobs/{id}`` (the detail) and the job
-actions ``POST /ui/jobs/{id}/cancel`` and ``/retry`` (operators)."""
+"""``/ui/jobs`` (cursor pages filtered by status, tag, node or schedule; job id search), ``/ui/jobs/{id}``
+(the detail) and the job actions ``POST /ui/jobs/{id}/cancel`` and ``/retry`` (operators)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from secauto.api.spec import audited, whole
 from secauto.api.state import SYSTEM
 from secauto.models import JobStatus, JobView, job_view_decoder
 from secauto.operations import CANCELLABLE, RETRYABLE, Change, JobFilter, cancel_job, find_jobs, retry_job
+from secauto.schedules.spec import SCHEDULE_NAME_PATTERN
 from secauto.ui.access import access
 from secauto.ui.errors import PageError, read_query
 from secauto.ui.render import render
@@ -40,16 +41,18 @@ class JobsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status: JobStatus | None = None
     tag: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     node: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    schedule: Annotated[str, msgspec.Meta(pattern=SCHEDULE_NAME_PATTERN)] | None = None
     id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
     cursor: Annotated[str, msgspec.Meta(pattern=whole(r"[0-9]{1,20}"))] | None = None
 
 
 def _filters(query: JobsQuery) -> dict[str, str]:
-    return {name: value for name, value in (("status", query.status), ("tag", query.tag), ("node", query.node))
-            if value is not None}
+    pairs = (("status", query.status), ("tag", query.tag), ("node", query.node), ("schedule", query.schedule))
+    return {name: value for name, value in pairs if value is not None}
 
 
-async def _job(request: web.Request, job_id: str) -> JobView | None:
+async def find_job(request: web.Request, job_id: str) -> JobView | None:
+    """The job's view, or None for an unknown (or expired) job or a text that is not a job id."""
     if not _JOB_ID.match(job_id):
         return None
     raw: bytes | None = await request.config_dict[SYSTEM].get("dispatcher").ask(GetJob(job_id), timeout=5.0)
@@ -63,12 +66,12 @@ async def jobs_page(request: web.Request) -> web.StreamResponse:
     notice = None
     if query.id is not None:
         wanted = query.id.strip()
-        if await _job(request, wanted) is not None:
+        if await find_job(request, wanted) is not None:
             return redirect(f"/ui/jobs/{wanted}")
         notice = "No job with that id (unknown, or expired after the retention period)."
     filters = _filters(query)
     page = await find_jobs(request.config_dict[SYSTEM].get("dispatcher"),
-                           JobFilter(status=query.status, tag=query.tag, node=query.node),
+                           JobFilter(status=query.status, tag=query.tag, node=query.node, schedule=query.schedule),
                            limit=PAGE_SIZE, cursor=query.cursor)
     context = {
         "nav": "jobs",
@@ -87,7 +90,7 @@ async def jobs_page(request: web.Request) -> web.StreamResponse:
 @access("viewer")
 async def job_page(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
-    job = await _job(request, job_id)
+    job = await find_job(request, job_id)
     if job is None:
         raise PageError(404, "No such job (unknown, or expired after the retention period).")
     context = {

@@ -25,7 +25,8 @@ PRETTY_LIMIT = 64 * 1024  # characters of a pretty-printed value shown on a page
 def setup_templates(app: web.Application) -> None:
     env = aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader("secauto.ui", "templates"), autoescape=True,
                                undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(utc=utc, pretty=pretty, duration=duration, percent=percent, millis=millis)
+    env.filters.update(utc=utc, pretty=pretty, duration=duration, percent=percent, millis=millis,
+                       seconds=seconds)
 
 
 def utc(timestamp: str | None) -> str:
@@ -54,6 +55,15 @@ def duration(ms: float | None) -> str:
     if ms < 60_000:
         return f"{ms / 1000:.1f} s"
     return f"{ms / 60_000:.1f} min"
+
+
+def seconds(value: float) -> str:
+    """A schedule's period or window in the largest whole unit: ``900`` as ``15 min``, ``86400`` as
+    ``1 d``, ``90`` as ``90 s``."""
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if value >= size and value % size == 0:
+            return f"{value / size:g} {unit}"
+    return f"{value:g} s"
 
 
 def millis(ms: float | None) -> str:

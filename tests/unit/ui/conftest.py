@@ -13,7 +13,7 @@ import pytest
 from yarl import URL
 
 from secauto.node import Node
-from tests.support.nodes import ADMIN_KEY, auth, node_settings
+from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, auth, node_settings
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -88,6 +88,40 @@ async def tab(node: Node) -> AsyncIterator[Tab]:
         yield tab
     finally:
         await tab.http.close()
+
+
+FORGERIES = ("no token", "wrong token", "other session's token", "cross-origin", "no origin at all", "null origin",
+             "cross-site fetch", "cross-origin referer")
+
+
+async def forged_post(tab: Tab, path: str, case: str) -> tuple[int, str, aiohttp.ClientResponse]:
+    """POST ``path`` from the logged-in ``tab`` the way a forged request of kind ``case`` (FORGERIES) would."""
+    kwargs: dict[str, Any] = {}
+    fields = {"csrf_token": tab.csrf}
+    if case == "no token":
+        fields = {}
+    elif case == "wrong token":
+        fields = {"csrf_token": "x" * 43}
+    elif case == "other session's token":
+        other = await new_tab(tab.node)
+        try:
+            await other.login(OPERATOR_KEY)
+        finally:
+            await other.http.close()
+        fields = {"csrf_token": other.csrf}
+    elif case == "cross-origin":
+        kwargs["origin"] = "http://evil.example"
+    elif case == "no origin at all":
+        kwargs["origin"] = None
+    elif case == "null origin":
+        kwargs["origin"] = "null"
+    elif case == "cross-site fetch":
+        kwargs.update(origin=None, headers={"Sec-Fetch-Site": "cross-site"})
+    elif case == "cross-origin referer":
+        kwargs.update(origin=None, headers={"Referer": "http://evil.example/page"})
+    else:
+        raise ValueError(f"no forgery named {case!r}")
+    return await tab.post(path, fields, csrf=False, **kwargs)
 
 
 async def submit(node: Node, body: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from secauto.ui.security import CSP
 from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth, node_settings
 from tests.unit.ui.conftest import Tab, new_tab, submit, wait_status
 
-PAGES = ["/ui", "/ui/nodes", "/ui/jobs", "/ui/dlq", "/ui/events"]
+PAGES = ["/ui", "/ui/nodes", "/ui/jobs", "/ui/schedules", "/ui/dlq", "/ui/events"]
 ACTION_MARKERS = ('id="cancel-job"', 'id="retry-job"', 'id="requeue-selected"', 'id="delete-selected"',
                   'type="checkbox"')
 
@@ -41,6 +41,9 @@ def test_every_route_declares_its_access() -> None:
     assert roles[("POST", "/jobs/{job_id}/cancel")] == "operator"
     assert roles[("POST", "/dlq/requeue")] == "operator" and roles[("POST", "/dlq/delete")] == "admin"
     assert roles[("GET", "/live")] == "viewer" and roles[("POST", "/logout")] == "viewer"
+    assert roles[("GET", "/schedules")] == "viewer" and roles[("GET", "/schedules/{name}")] == "viewer"
+    for action in ("pause", "resume", "trigger"):
+        assert roles[("POST", f"/schedules/{{name}}/{action}")] == "operator"
 
 
 def test_a_route_without_an_access_decision_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from secauto.node import Node
 from secauto.store.keys import Keys
 from secauto.store.sessions import SessionRecord
 from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, VIEWER_KEY, auth
-from tests.unit.ui.conftest import Tab, new_tab, submit, wait_status
+from tests.unit.ui.conftest import FORGERIES, Tab, forged_post, submit, wait_status
 
 SLEEP = {"playbook": [{"action": "sleep", "seconds": 30}]}
 
@@ -59,37 +59,12 @@ async def test_viewer_has_no_buttons_and_its_action_posts_are_refused(node: Node
     assert await wait_status(node, job_id, {"running"}) == "running"
 
 
-@pytest.mark.parametrize("case", ["no token", "wrong token", "other session's token", "cross-origin",
-                                  "no origin at all", "null origin", "cross-site fetch", "cross-origin referer"])
+@pytest.mark.parametrize("case", FORGERIES)
 async def test_forged_posts_are_refused(node: Node, tab: Tab, case: str) -> None:
     job_id = await submit(node, SLEEP)
     await wait_status(node, job_id, {"running"})
     await tab.login(OPERATOR_KEY)
-    other = await new_tab(node)
-    try:
-        await other.login(OPERATOR_KEY)
-        kwargs: dict[str, object] = {}
-        fields = {"csrf_token": tab.csrf}
-        if case == "no token":
-            fields = {}
-        elif case == "wrong token":
-            fields = {"csrf_token": "x" * 43}
-        elif case == "other session's token":
-            fields = {"csrf_token": other.csrf}
-        elif case == "cross-origin":
-            kwargs["origin"] = "http://evil.example"
-        elif case == "no origin at all":
-            kwargs["origin"] = None
-        elif case == "null origin":
-            kwargs["origin"] = "null"
-        elif case == "cross-site fetch":
-            kwargs.update(origin=None, headers={"Sec-Fetch-Site": "cross-site"})
-        elif case == "cross-origin referer":
-            kwargs.update(origin=None, headers={"Referer": "http://evil.example/page"})
-        status, text, response = await tab.post(f"/ui/jobs/{job_id}/cancel", fields, csrf=False,
-                                                **kwargs)  # type: ignore[arg-type]
-    finally:
-        await other.http.close()
+    status, text, response = await forged_post(tab, f"/ui/jobs/{job_id}/cancel", case)
     assert status == 403 and response.content_type == "text/html"
     assert "CSRF" in text or "Cross-origin" in text
     assert await wait_status(node, job_id, {"running"}) == "running"
