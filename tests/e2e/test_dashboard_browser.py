@@ -4,8 +4,9 @@ real `secauto serve` process in cluster mode (the session's redis-server).
 One browser session and one node serve the whole scenario: log in, watch a job submitted through the API
 appear and finish without a reload, open its detail, cancel a running job as an operator, check that a
 viewer has no Cancel button, watch a burst of 10,000 events cause a bounded number of fragment requests,
-log out. With ``SECAUTO_SCREENSHOTS=DIR`` (``scripts/screenshots`` sets it to docs/screenshots) it also
-saves a PNG of each main page, after adding some example jobs so the pages have something to show.
+watch a schedule fire on the schedules page, pause it with a note, resume and trigger it, log out. With
+``SECAUTO_SCREENSHOTS=DIR`` (``scripts/screenshots`` sets it to docs/screenshots) it also saves a PNG of
+each main page, after adding some example jobs (and schedules) so the pages have something to show.
 """
 
 from __future__ import annotations
@@ -293,7 +294,42 @@ def test_dashboard_in_a_browser(browser: WebDriver, node_url: str, redis_url: st
         wait(driver, lambda d: d.find_elements(By.ID, "confirm-list"))
         screens.shot("dlq_confirm")
 
-    # 8. log out: the session is gone, the pages send the browser back to the login form
+    # 8. schedules: the list follows fires live; an operator (here an admin) pauses with a note, resumes
+    # and triggers from the detail page
+    sweep = [{"action": "log", "message": "nightly compliance sweep"}]
+    api.call("PUT", "/schedules/ioc-refresh", {"every": 2, "tags": ["intel"],
+                                               "playbook": [{"action": "log", "message": "refresh IOC lists"}]})
+    api.call("PUT", "/schedules/compliance-sweep", {"cron": "0 2 * * *", "timezone": "Europe/Berlin",
+                                                    "playbook": sweep, "overlap": "buffer_one"})
+    if screens.wanted:
+        api.call("PUT", "/schedules/threat-intel", {"every": 900, "jitter": 30, "playbook_name": "notify_soc",
+                                                    "context": {"alert": {"type": "intel", "source_ip": "feeds"}}})
+        api.call("PUT", "/schedules/weekly-report", {"cron": "30 7 * * MON", "timezone": "America/New_York",
+                                                     "playbook": sweep})
+        api.call("POST", "/schedules/weekly-report/pause", {"note": "report owner on leave"})
+    driver.get(f"{node_url}/ui/schedules")
+    driver.execute_script("window.secautoNoReload = true;")
+    assert "Europe/Berlin" in text_of(driver, 'tr[data-schedule="compliance-sweep"]')
+    wait(driver, lambda d: text_of(d, 'tr[data-schedule="ioc-refresh"] .outcome') == "fired", timeout=15)
+    assert driver.execute_script("return window.secautoNoReload === true;")  # updated in place
+    screens.shot("schedules")
+    driver.find_element(By.LINK_TEXT, "ioc-refresh").click()
+    wait(driver, lambda d: text_of(d, "#schedule-state") == "active")
+    driver.find_element(By.ID, "pause-note").send_keys("change freeze")
+    driver.find_element(By.ID, "pause-schedule").click()
+    wait(driver, lambda d: text_of(d, "#schedule-state") == "paused")
+    assert "change freeze" in text_of(driver, "#pause-note-shown")
+    assert api.call("GET", "/schedules/ioc-refresh")["schedule"]["pause_note"] == "change freeze"
+    driver.find_element(By.ID, "resume-schedule").click()
+    wait(driver, lambda d: text_of(d, "#schedule-state") == "active")
+    driver.find_element(By.ID, "trigger-schedule").click()
+    wait(driver, lambda d: d.find_elements(By.ID, "triggered"))
+    triggered = driver.find_element(By.CSS_SELECTOR, "#triggered a").text
+    assert triggered in text_of(driver, "#history") and api.status(triggered) in ("pending", "running", "completed")
+    screens.shot("schedule")
+    api.call("POST", "/schedules/ioc-refresh/pause")
+
+    # 9. log out: the session is gone, the pages send the browser back to the login form
     log_out(driver)
     assert driver.get_cookie("secauto_session") is None
     driver.get(f"{node_url}/ui/jobs")
