@@ -1,6 +1,7 @@
 """``/ui/schedules`` (every schedule: timing, state, next fire, latest outcome), ``/ui/schedules/{name}``
 (definition, next fires, history with job links) and the operator actions ``POST
-/ui/schedules/{name}/pause`` (optional note), ``/resume`` and ``/trigger``.
+/ui/schedules/{name}/pause`` (optional note), ``/resume`` and ``/trigger``, audited under the API's
+action names (``schedule.pause``, ...).
 
 Reads and actions go through :mod:`secauto.schedule_operations`, as the API's do, so both show and
 change schedules the same way. The action buttons sit outside the live part of the detail page: a live
@@ -15,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from secauto.api.cluster import JOB_ID_PATTERN
+from secauto.api.spec import audited
 from secauto.api.state import SYSTEM
 from secauto.schedule_operations import (
     get_schedule,
@@ -119,16 +121,19 @@ async def _set_paused(request: web.Request, *, resume: bool) -> web.StreamRespon
 
 
 @access("operator")
+@audited("schedule.pause")
 async def pause(request: web.Request) -> web.StreamResponse:
     return await _set_paused(request, resume=False)
 
 
 @access("operator")
+@audited("schedule.resume")
 async def resume(request: web.Request) -> web.StreamResponse:
     return await _set_paused(request, resume=True)
 
 
 @access("operator")
+@audited("schedule.trigger")
 async def trigger(request: web.Request) -> web.StreamResponse:
     """One job of the schedule now, submitted by the visitor's key; back to the schedule, naming the job."""
     name = _name(request)

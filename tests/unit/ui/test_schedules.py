@@ -157,6 +157,13 @@ async def test_operator_pauses_with_a_note_resumes_and_triggers(node: Node, tab:
     assert f'id="triggered">Triggered: job <a class="mono" href="/ui/jobs/{job_id}">' in text
     assert (await schedule(node, "sweep"))["history"][0] == {"slot": answer["job"]["scheduled_for"],
                                                             "outcome": "triggered", "job_id": job_id}
+    # audited under the API's action names, with the key behind the session
+    async with tab.http.get("/audit?limit=50", headers=auth(ADMIN_KEY)) as response:
+        entries = [(entry["action"], entry["actor"], entry["target"], entry["status"])
+                   for entry in (await response.json())["entries"] if entry["action"].startswith("schedule.")]
+    assert entries[::-1] == [("schedule.create", "admin", "sweep", 200), ("schedule.pause", "ops", "sweep", 303),
+                             ("schedule.resume", "ops", "sweep", 303), ("schedule.resume", "ops", "sweep", 303),
+                             ("schedule.trigger", "ops", "sweep", 303)]
 
 
 async def test_viewer_has_no_schedule_buttons_and_its_posts_are_refused(node: Node, tab: Tab) -> None:
