@@ -15,10 +15,12 @@ import msgspec
 
 from secauto.models import MAX_PRIORITY, MIN_PRIORITY
 
-# Anchored the same way for msgspec (Python's re) and for JSON Schema validators of /openapi.json.
-SCHEDULE_NAME_PATTERN = r"^(?:[A-Za-z0-9_.-]{1,100})(?!\n)$"
+# Anchored the same way for msgspec (Python's re) and for JSON Schema validators of /openapi.json. Names
+# made only of dots are refused: URLs normalise `/schedules/..` to another path, so they could never be
+# opened, paused or deleted.
+SCHEDULE_NAME_PATTERN = r"^(?!\.+$)(?:[A-Za-z0-9_.-]{1,100})(?!\n)$"
 ScheduleName = Annotated[str, msgspec.Meta(pattern=SCHEDULE_NAME_PATTERN,
-                                           description="letters, digits, '_', '.', '-'; at most 100")]
+                                           description="letters, digits, '_', '.', '-'; at most 100; not only dots")]
 _Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^(?:[A-Za-z0-9_.:-]+)(?!\n)$")]
 
 Overlap = Literal["skip", "buffer_one", "allow"]

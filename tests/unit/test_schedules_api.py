@@ -38,6 +38,8 @@ async def call(node: Node, method: str, path: str, body: Any = None, key: str = 
     ({"name": "x", "every": 60, "cron": "@daily", "playbook": LOG}, "cron", "exactly one of cron or every"),
     ({"name": "x", "every": 60, "playbook": LOG, "colour": "red"}, "colour", "unknown field"),
     ({"name": "x y", "every": 60, "playbook": LOG}, "name", "matching regex"),
+    ({"name": "..", "every": 60, "playbook": LOG}, "name", "matching regex"),
+    ({"name": ".", "every": 60, "playbook": LOG}, "name", "matching regex"),
     ({"name": "x", "every": 60, "playbook": [{"action": "nope"}]}, "playbook", "unknown action"),
     ({"name": "x", "every": 60, "playbook_name": "no-such"}, "playbook_name", "no playbook named"),
     ({"name": "x", "every": 60}, "playbook", "exactly one of playbook or playbook_name"),
