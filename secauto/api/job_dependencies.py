@@ -54,7 +54,8 @@ async def with_dependencies(request: web.Request, raw: bytes) -> JobView:
     view = job_view_decoder.decode(raw)
     if not view.depends_on:
         return view
-    waiting, statuses = await request.app[SYSTEM].get("dispatcher").ask(
+    # config_dict: the dashboard (a sub-app) shows dependencies too.
+    waiting, statuses = await request.config_dict[SYSTEM].get("dispatcher").ask(
         GetDependencyState(view.id, view.depends_on), timeout=5.0)
     keys = job_dependencies_decoder.decode(raw).dependency_keys
     dependencies = {keys.get(job_id, job_id): DependencyState(id=job_id, status=msgspec.convert(status,

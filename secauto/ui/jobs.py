@@ -14,6 +14,7 @@ from aiohttp import web
 from actors.core import ActorRef
 from actors.messages import GetJob
 from secauto.api.cluster import JOB_ID_PATTERN
+from secauto.api.job_dependencies import with_dependencies
 from secauto.api.spec import audited, whole
 from secauto.api.state import SYSTEM
 from secauto.models import JobStatus, JobView, job_view_decoder
@@ -51,11 +52,17 @@ def _filters(query: JobsQuery) -> dict[str, str]:
     return {name: value for name, value in pairs if value is not None}
 
 
-async def find_job(request: web.Request, job_id: str) -> JobView | None:
-    """The job's view, or None for an unknown (or expired) job or a text that is not a job id."""
+async def _job_record(request: web.Request, job_id: str) -> bytes | None:
+    """The job's stored record, or None for an unknown (or expired) job or a text that is not a job id."""
     if not _JOB_ID.match(job_id):
         return None
     raw: bytes | None = await request.config_dict[SYSTEM].get("dispatcher").ask(GetJob(job_id), timeout=5.0)
+    return raw
+
+
+async def find_job(request: web.Request, job_id: str) -> JobView | None:
+    """The job's view, or None for an unknown (or expired) job or a text that is not a job id."""
+    raw = await _job_record(request, job_id)
     return None if raw is None else job_view_decoder.decode(raw)
 
 
@@ -90,9 +97,10 @@ async def jobs_page(request: web.Request) -> web.StreamResponse:
 @access("viewer")
 async def job_page(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
-    job = await find_job(request, job_id)
-    if job is None:
+    raw = await _job_record(request, job_id)
+    if raw is None:
         raise PageError(404, "No such job (unknown, or expired after the retention period).")
+    job = await with_dependencies(request, raw)
     context = {
         "nav": "jobs",
         "live": True,

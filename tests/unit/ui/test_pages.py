@@ -257,3 +257,16 @@ async def test_secure_cookie_behind_a_tls_proxy() -> None:
     cookie = response.cookies["secauto_session"]
     assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Strict"
     assert VIEWER_KEY not in response.headers["Location"]  # the key never goes into a URL
+
+
+async def test_job_page_shows_what_a_waiting_job_waits_on(node: Node, tab: Tab) -> None:
+    parent = await submit(node, {"playbook": [{"action": "log", "message": "later"}], "delay": 3600})
+    child = await submit(node, {"playbook": [{"action": "log", "message": "after"}], "depends_on": [parent]})
+    await wait_status(node, child, {"waiting"})
+    await tab.login(VIEWER_KEY)
+    status, text, _ = await tab.get(f"/ui/jobs/{child}")
+    assert status == 200 and 'class="status status-waiting"' in text
+    assert 'id="job-dependencies"' in text and f'href="/ui/jobs/{parent}"' in text and "status-pending" in text
+    assert 'id="job-waiting-on"' in text
+    status, text, _ = await tab.get(f"/ui/jobs/{parent}")
+    assert status == 200 and 'id="job-dependencies"' not in text and 'id="job-waiting-on"' not in text
