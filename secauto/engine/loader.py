@@ -29,7 +29,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
+            event = self.peek_event()  # type: ignore[no-untyped-call, unused-ignore]
             raise yaml.composer.ComposerError(
                 None, None, "YAML aliases (*name) are not supported in playbooks", event.start_mark
             )

@@ -68,7 +68,7 @@ def open_redis(target: RedisTarget, *, password: str = "", db: int = 0, tls: dic
     """A client for ``target``. Connects lazily: nothing is sent until the first command. ``tls`` are
     :func:`redis_tls_options` (only for a ``rediss://`` target)."""
     if target.sentinels:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.sentinels), sentinel_kwargs={"socket_connect_timeout": 2.0},
                             password=password or None, db=db, **_CLIENT_OPTIONS)
         client: Redis = sentinel.master_for(target.service_name, connection_pool_class=FollowingSentinelPool)
@@ -97,7 +97,7 @@ async def follow_failover(redis: Redis) -> str | None:
     if not isinstance(pool, SentinelConnectionPool):
         return None
     before = pool.master_address
-    after = await pool.get_master_address()  # type: ignore[no-untyped-call]
+    after = await pool.get_master_address()  # type: ignore[no-untyped-call, unused-ignore]
     if before is None or after == before:
         return None
     return f"{after[0]}:{after[1]}"

@@ -49,4 +49,4 @@ async def subscribe(redis: Redis, channel: str, *, component: str) -> AsyncItera
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
