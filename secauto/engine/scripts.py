@@ -11,6 +11,9 @@
 * **Input**: one JSON object on stdin, the context overlaid with the step's parameters.
 * **Output**: stdout must be exactly one JSON object; stdout and stderr are each capped at
   ``settings.max_output_bytes`` (a script that floods is killed and the step fails).
+* **Limits**: ``settings.script_limits`` and ``settings.script_user`` are applied in the child before
+  exec (:func:`~secauto.engine.script_limits.apply_in_child`); a script that fails on one of them gets
+  an error naming it (``exceeded engine.script_limits.cpu_seconds (2s of CPU time) and was killed``).
 
 Every failure is a :class:`~secauto.engine.errors.StepError` whose message carries the reason and the
 tail of the script's stderr. Secret values are masked in the stderr and stdout quoted there *before*
@@ -20,16 +23,18 @@ script's process group and propagates.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from secauto.engine.errors import StepError, short
-from secauto.engine.process import ProcessFailure, run_process
+from secauto.engine.process import OutputTooLarge, ProcessFailure, run_process
+from secauto.engine.script_limits import ScriptLimits, apply_in_child, limit_exceeded, start_failure
 from secauto.engine.settings import EngineSettings
 from secauto.redaction import REDACTOR
 
@@ -90,6 +95,14 @@ def _with_stderr(message: str, stderr: bytes) -> str:
     return f"{message}; stderr: {tail}" if tail else message
 
 
+def child_setup(settings: EngineSettings) -> Callable[[], None] | None:
+    """What the spawned child runs before exec: the limits and the user switch, or None (nothing set,
+    so the subprocess module keeps its faster vfork path)."""
+    if settings.script_limits == ScriptLimits() and settings.script_user is None:
+        return None
+    return functools.partial(apply_in_child, settings.script_limits, settings.script_user)
+
+
 async def run_script(
     name: str,
     payload: Mapping[str, Any],
@@ -117,12 +130,23 @@ async def run_script(
             cwd=path.parent,
             time_limit=limit,
             max_output_bytes=settings.max_output_bytes,
+            child_setup=child_setup(settings),
         )
     except ProcessFailure as exc:
-        raise StepError(_with_stderr(f"script {name!r} {exc}", exc.stderr)) from None
+        message = f"script {name!r} {exc}"
+        if isinstance(exc, OutputTooLarge):  # e.g. a fork bomb whose every failed fork prints a traceback
+            hit = limit_exceeded(settings.script_limits, returncode=1, stderr=exc.stderr)
+            message = f"{message}; it {hit}" if hit else message
+        raise StepError(_with_stderr(message, exc.stderr)) from None
     except OSError as exc:
+        why = start_failure(settings.script_limits, exc)
+        if why:
+            raise StepError(f"script {name!r} {why}") from None
         raise StepError(f"script {name!r} could not be started with {settings.python!r}: {exc}") from None
     if outcome.returncode != 0:
+        hit = limit_exceeded(settings.script_limits, returncode=outcome.returncode, stderr=outcome.stderr)
+        if hit:
+            raise StepError(_with_stderr(f"script {name!r} {hit}", outcome.stderr))
         how = f"was killed by signal {-outcome.returncode}" if outcome.returncode < 0 else "exited with status"
         status = "" if outcome.returncode < 0 else f" {outcome.returncode}"
         raise StepError(_with_stderr(f"script {name!r} {how}{status}", outcome.stderr))

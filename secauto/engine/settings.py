@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from secauto.engine.netguard import HttpPolicy
+from secauto.engine.script_limits import ScriptLimits, ScriptUser
 
 
 class EngineSettings(msgspec.Struct, kw_only=True, frozen=True):
@@ -22,6 +23,10 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True):
     script_timeout: float = 60.0
     max_output_bytes: int = 1_048_576  # cap on a script's stdout and on its stderr, each
     script_env: dict[str, str] = {}  # extra variables allowed into scripts' environment
+    # engine.script_limits (setrlimit in each script's process) and engine.script_user (the uid scripts
+    # run as; None: the node's own). Both runners apply them with script_limits.apply_in_child.
+    script_limits: ScriptLimits = msgspec.field(default_factory=ScriptLimits)
+    script_user: ScriptUser | None = None
     # Limits. Validation: steps in one document (nested ones included), nesting of if/foreach
     # (and of `play` at run time), the size of the context as JSON.
     max_steps: int = 1000
