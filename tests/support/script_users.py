@@ -59,7 +59,8 @@ def shared_dir() -> Iterator[Path]:
 
 
 def processes_of(uid: int) -> list[int]:
-    """The live (not zombie) processes whose real uid is ``uid``."""
+    """The processes whose real uid is ``uid``, zombies included: the kernel counts a process against
+    its user's RLIMIT_NPROC until it is reaped."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -69,7 +70,7 @@ def processes_of(uid: int) -> list[int]:
         except OSError:  # gone meanwhile
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields.get("Uid", "").split()[:1] == [str(uid)] and not fields.get("State", "").strip().startswith("Z"):
+        if fields.get("Uid", "").split()[:1] == [str(uid)]:
             found.append(int(entry.name))
     return found
 

@@ -12,6 +12,7 @@ import resource
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -167,9 +168,9 @@ print(json.dumps({"limits": {n: resource.getrlimit(getattr(resource, n)) for n i
 """
 
 
-def child_report(setup: object, python: str = sys.executable) -> dict[str, object]:
-    done = subprocess.run([python, "-c", REPORT], preexec_fn=setup, capture_output=True, timeout=30,  # type: ignore[arg-type]
-                          check=True, cwd="/")
+def child_report(setup: Callable[[], object], python: str = sys.executable) -> dict[str, object]:
+    done = subprocess.run([python, "-c", REPORT], preexec_fn=setup, capture_output=True, timeout=30, check=True,
+                          cwd="/")
     report: dict[str, object] = json.loads(done.stdout)
     return report
 
