@@ -150,10 +150,12 @@ def apply_in_child(limits: ScriptLimits, user: ScriptUser | None) -> None:
 
 
 # What a process prints when it hits a limit (the last of them in the stderr tail wins):
-# memory: Python's MemoryError, ENOMEM from mmap/fork/thread stacks, C++'s bad_alloc;
+# memory: Python's MemoryError, ENOMEM from mmap/fork/thread stacks, C++'s bad_alloc, the dynamic
+# loader failing to map a library (a limit too small for the interpreter to start);
 # processes: EAGAIN from fork/clone ("Resource temporarily unavailable"), a thread that cannot start;
 # open files: EMFILE.
-_MEMORY_RE = re.compile(r"\bMemoryError\b|Cannot allocate memory|std::bad_alloc|out of memory", re.IGNORECASE)
+_MEMORY_RE = re.compile(r"\bMemoryError\b|Cannot allocate memory|std::bad_alloc|out of memory|failed to map segment",
+                        re.IGNORECASE)
 _PROCESSES_RE = re.compile(r"Resource temporarily unavailable|can't start new thread|fork: retry")
 _OPEN_FILES_RE = re.compile(r"Too many open files")
 LIMIT_TAIL_BYTES = 4096

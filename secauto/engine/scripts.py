@@ -142,7 +142,11 @@ async def run_script(
         why = start_failure(settings.script_limits, exc)
         if why:
             raise StepError(f"script {name!r} {why}") from None
-        raise StepError(f"script {name!r} could not be started with {settings.python!r}: {exc}") from None
+        hint = ""
+        if settings.script_user is not None and isinstance(exc, PermissionError):
+            hint = (f" (engine.script_user {settings.script_user.name!r} must be able to execute the interpreter and "
+                    "read the scripts folder)")
+        raise StepError(f"script {name!r} could not be started with {settings.python!r}: {exc}{hint}") from None
     if outcome.returncode != 0:
         hit = limit_exceeded(settings.script_limits, returncode=outcome.returncode, stderr=outcome.stderr)
         if hit:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
 from secauto.engine import StepError
@@ -218,6 +219,34 @@ async def test_the_processes_cap_is_shared_by_the_users_scripts(script_runner_mo
             await task
     assert wait_gone(runner, holder) == []
     assert await run_script("forker", {}, settings) == {"forked": True}
+
+
+# ---------------------------------------------------------------- script_user
+
+
+async def test_scripts_run_as_the_script_user(script_runner_mode: ScriptRunner) -> None:
+    runner = script_runner_mode
+    runner.script("whoami", "import json, os\nprint(json.dumps({'ids': [os.getuid(), os.geteuid(), os.getgid()]}))\n")
+    result = await run_script("whoami", {}, runner.settings(ScriptLimits()))
+    expected = [os.getuid(), os.geteuid(), os.getgid()] if runner.user is None else [
+        runner.user.uid, runner.user.uid, runner.user.gid]
+    assert result == {"ids": expected}
+
+
+async def test_an_interpreter_the_script_user_cannot_reach_is_explained(script_runner_mode: ScriptRunner,
+                                                                         tmp_path: Path) -> None:
+    runner = script_runner_mode
+    if runner.user is None:
+        pytest.skip("only a root test run switches scripts to another user")
+    hidden = tmp_path / "private"  # under pytest's 0700 folder: nobody cannot get in
+    hidden.mkdir(mode=0o700)
+    (hidden / "python").symlink_to(runner.python)
+    runner.script("hold", HOLD)
+    settings = runner.settings(ScriptLimits())
+    settings = msgspec.structs.replace(settings, python=str(hidden / "python"))
+    with pytest.raises(StepError, match=r"could not be started with .*Permission denied.*engine\.script_user "
+                                        r"'nobody' must be able to execute the interpreter"):
+        await run_script("hold", {}, settings)
 
 
 # ---------------------------------------------------------------- the node

@@ -238,6 +238,8 @@ FILES_TB = b"Traceback (most recent call last):\nOSError: [Errno 24] Too many op
     (ALL, 1, b"OSError: [Errno 12] Cannot allocate memory\n", "engine.script_limits.memory_mb"),
     (ALL, -signal.SIGABRT, b"terminate called after throwing an instance of 'std::bad_alloc'\n",
      "engine.script_limits.memory_mb"),
+    (ALL, 127, b"python3: error while loading shared libraries: libm.so.6: failed to map segment from shared "
+               b"object\n", "engine.script_limits.memory_mb"),
     (ALL, 1, FORK_TB, "hit engine.script_limits.processes (10 processes and threads of its user)"),
     (ALL, 1, b"RuntimeError: can't start new thread\n", "engine.script_limits.processes"),
     (ALL, 1, FILES_TB, "hit engine.script_limits.open_files (30 open files)"),
