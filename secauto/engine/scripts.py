@@ -135,7 +135,8 @@ async def run_script(
     except ProcessFailure as exc:
         message = f"script {name!r} {exc}"
         if isinstance(exc, OutputTooLarge):  # e.g. a fork bomb whose every failed fork prints a traceback
-            hit = limit_exceeded(settings.script_limits, returncode=1, stderr=exc.stderr)
+            hit = limit_exceeded(settings.script_limits, returncode=1, stderr=exc.stderr,
+                                 tail_bytes=len(exc.stderr))
             message = f"{message}; it {hit}" if hit else message
         raise StepError(_with_stderr(message, exc.stderr)) from None
     except OSError as exc:

@@ -178,6 +178,25 @@ async def test_fork_bomb_stops_at_the_processes_limit(script_runner_mode: Script
     assert await run_script("hold", {}, settings) == {"total": 4999950000}
 
 
+async def test_a_noisy_fork_bomb_over_the_output_cap_still_names_the_limit(script_runner_mode: ScriptRunner) -> None:
+    runner = script_runner_mode
+    noisy = runner.script("noisy", """
+        import os, sys, time
+        try:
+            while True:
+                os.fork()
+        except BlockingIOError as exc:
+            sys.stderr.write("x" * 50_000 + f"\\n{exc}\\n")
+            sys.stderr.flush()
+            time.sleep(20)
+    """)
+    settings = runner.settings(ScriptLimits(processes=processes_limit(runner, 20)), script_timeout=30)
+    with pytest.raises(StepError, match=r"script 'noisy' stderr exceeded \d+ bytes; the process was killed; it hit "
+                                        r"engine\.script_limits\.processes"):
+        await run_script("noisy", {}, settings)
+    assert wait_gone(runner, noisy) == []
+
+
 async def test_the_processes_cap_is_shared_by_the_users_scripts(script_runner_mode: ScriptRunner) -> None:
     """The documented caveat of RLIMIT_NPROC: while one script holds all the processes its user may have,
     another script of that user cannot fork (or, past the limit, even start); the error says why. Once

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from secauto.config import Config, ConfigError, load_settings, settings_from_config
+from secauto.engine.process import run_process
 from secauto.engine.script_limits import (
     CPU_GRACE_SECONDS,
     ScriptLimits,
@@ -221,6 +222,18 @@ def test_apply_in_child_switches_to_the_script_user() -> None:
 def test_apply_in_child_refuses_a_switch_without_root() -> None:
     with pytest.raises(subprocess.SubprocessError):
         child_report(functools.partial(apply_in_child, ScriptLimits(), NOBODY))
+
+
+async def test_a_failing_child_setup_is_a_start_failure(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    def refuse() -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    with pytest.raises(OSError, match=r"setting up the child process failed"):
+        await run_process([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], stdin=b"", env={}, cwd=None,
+                          time_limit=10, max_output_bytes=1024, child_setup=refuse)
+    assert not marker.exists()  # nothing ran
 
 
 # ---------------------------------------------------------------- which limit was hit
