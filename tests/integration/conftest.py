@@ -29,7 +29,7 @@ RUNNER_MODES: dict[str, dict[str, Any]] = {
 @dataclass
 class ScriptRunner:
     """Scripts written into a folder the script user can read, and settings that run them in one mode,
-    as ``user`` (``nobody`` when the tests run as root, else the current user) with ``python``."""
+    as ``user`` (a uid of the session's own when the tests run as root, else the current user) with ``python``."""
 
     mode: str
     scripts_dir: Path

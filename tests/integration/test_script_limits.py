@@ -1,9 +1,9 @@
 """engine.script_limits with real scripts: each limit stops its script with an error naming it, while the
 node and the other steps carry on. Run once per script runner mode (``script_runner_mode``).
 
-When the tests run as root (CI, containers, this project's sandbox), scripts run as ``nobody``
-(engine.script_user), the mechanism that makes ``processes`` bind for a root node; otherwise they run as
-the current user. No Redis: the node test uses the embedded store.
+When the tests run as root (CI, containers, this project's sandbox), scripts run as an unprivileged uid
+of the test session's own (engine.script_user), the mechanism that makes ``processes`` bind for a root
+node; otherwise they run as the current user. No Redis: the node test uses the embedded store.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def processes_running(path: Path) -> list[int]:
 
 
 def wait_gone(runner: ScriptRunner, path: Path, within: float = CHILDREN_GONE_WITHIN) -> list[int]:
-    """What is left of script ``path`` after up to ``within`` seconds: as ``nobody``, every process of
+    """What is left of script ``path`` after up to ``within`` seconds: as the script user, every process of
     that user, zombies included (they count against RLIMIT_NPROC until reaped); otherwise the live
     processes running the script."""
     deadline = time.monotonic() + within
@@ -142,7 +142,7 @@ async def test_open_files_limit_fails_a_script_that_opens_too_many(script_runner
 
 def processes_limit(runner: ScriptRunner, allowed: int) -> int:
     """``allowed`` more processes for the script's user: RLIMIT_NPROC counts all of that user's
-    processes, which is just the scripts for ``nobody``, but includes this test run otherwise."""
+    processes, which is just the scripts for the session's script user, but includes this test run otherwise."""
     if runner.user is not None:
         assert wait_gone(runner, Path("/nonexistent")) == [], "processes of the script user are left over"
     uid = runner.user.uid if runner.user is not None else os.getuid()
@@ -257,14 +257,14 @@ async def test_an_interpreter_the_script_user_cannot_reach_is_explained(script_r
     runner = script_runner_mode
     if runner.user is None:
         pytest.skip("only a root test run switches scripts to another user")
-    hidden = tmp_path / "private"  # under pytest's 0700 folder: nobody cannot get in
+    hidden = tmp_path / "private"  # under pytest's 0700 folder: the script user cannot get in
     hidden.mkdir(mode=0o700)
     (hidden / "python").symlink_to(runner.python)
     runner.script("hold", HOLD)
     settings = runner.settings(ScriptLimits())
     settings = msgspec.structs.replace(settings, python=str(hidden / "python"))
     with pytest.raises(StepError, match=r"could not be started with .*Permission denied.*engine\.script_user "
-                                        r"'nobody' must be able to execute the interpreter"):
+                                        r"'\d+' must be able to execute the interpreter"):
         await run_script("hold", {}, settings)
 
 

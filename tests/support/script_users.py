@@ -1,7 +1,7 @@
 """Running test scripts as an unprivileged user (engine.script_user) from a root test run.
 
 pytest's tmp_path lives under a 0700 folder of root, and the venv's interpreter may live under /root, so
-a test that switches scripts to ``nobody`` needs a scripts folder and an interpreter that user can use.
+a test that switches scripts to another user needs a scripts folder and an interpreter that user can use.
 """
 
 from __future__ import annotations
@@ -19,10 +19,16 @@ from pathlib import Path
 
 from secauto.engine.script_limits import ScriptLimits, ScriptUser, apply_in_child, resolve_script_user
 
+# A uid of this test session alone (no passwd entry needed: it runs with the gid of the same number):
+# RLIMIT_NPROC counts per user, so sessions that run at the same time on one machine (or anything
+# running as nobody) must not share it, or their process counts would mix.
+SESSION_UID = 3_000_000 + os.getpid() % 1_000_000
+
 
 def test_user() -> ScriptUser | None:
-    """``nobody`` when the tests run as root (so ``processes`` can bind), else None (no switch)."""
-    return resolve_script_user("nobody") if os.geteuid() == 0 else None
+    """A user of this session's own when the tests run as root (so ``processes`` can bind), else None
+    (the scripts run as the current user)."""
+    return resolve_script_user(SESSION_UID) if os.geteuid() == 0 else None
 
 
 @functools.cache
