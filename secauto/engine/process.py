@@ -120,10 +120,10 @@ class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 async def _spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None,
                  child_setup: Callable[[], None] | None = None,
-                 ) -> tuple[asyncio.subprocess.Process, asyncio.Event]:
+                 ) -> tuple[asyncio.subprocess.Process, asyncio.Event, asyncio.SubprocessTransport]:
     """``asyncio.create_subprocess_exec`` with pipes on all three streams, in a new session, returning
-    the process and an event set when it exits. Raises OSError when the program cannot start or
-    ``child_setup`` failed in the child."""
+    the process, an event set when it exits, and its transport. Raises OSError when the program cannot
+    start or ``child_setup`` failed in the child."""
     loop = asyncio.get_running_loop()
     protocol = _ExitAwareProtocol(limit=CHUNK, loop=loop)
     try:
@@ -135,7 +135,7 @@ async def _spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | Non
         # The subprocess module's report of an exception raised by preexec_fn in the child (the child
         # exited before exec); the caller handles start failures as OSError.
         raise OSError(f"setting up the child process failed ({exc})") from None
-    return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
+    return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited, transport
 
 
 async def run_process(
@@ -150,7 +150,7 @@ async def run_process(
 ) -> ProcessOutcome:
     """Run ``argv`` to completion; see the module docstring for the kill/cancel guarantees and for
     ``child_setup`` (called in the child before exec)."""
-    proc, exited = await _spawn(argv, env=env, cwd=cwd, child_setup=child_setup)
+    proc, exited, transport = await _spawn(argv, env=env, cwd=cwd, child_setup=child_setup)
     pgid = proc.pid  # start_new_session: the child leads its own session and process group
     out = _Capture(max_output_bytes, lambda: kill_group(pgid))
     err = _Capture(max_output_bytes, lambda: kill_group(pgid))
@@ -173,6 +173,10 @@ async def run_process(
         if proc.returncode is None:  # cancelled or failed before the exit was seen
             kill_group(pgid)
             await exited.wait()
+        # Done with the pipes: after EOF this is a no-op; after a cancellation (or reading given up on
+        # an escaped descendant) it closes them now rather than leaving the transport to wait for an
+        # EOF that may come after the event loop closed.
+        transport.close()
     stdout, stderr = bytes(out.data), bytes(err.data)
     if out.overflowed or err.overflowed:
         which = "stdout" if out.overflowed else "stderr"
