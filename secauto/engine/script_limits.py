@@ -133,6 +133,12 @@ def apply_in_child(limits: ScriptLimits, user: ScriptUser | None) -> None:
     together are what makes ``processes`` bind on a root node. Raises ``OSError`` (or ``ValueError``)
     when the kernel refuses a call, e.g. a user switch by a process that is not root; the caller must
     then not run the script.
+
+    In a fork of a long-lived runner (warm mode), the child starts with the runner's address space, so
+    ``memory_mb`` counts the modules the runner preloaded too; CPU time starts at zero in the child, and
+    descriptors it inherited stay open (only new ones are refused past ``open_files``). Word a failure
+    as ``f"script {name!r} {limit_exceeded(...)}"`` (and :func:`start_failure` for a child that could not
+    start), as the spawn runner does.
     """
     if limits.cpu_seconds is not None:
         _lower(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + CPU_GRACE_SECONDS)
