@@ -13,14 +13,14 @@ from aiohttp import web
 from msgspec import UNSET
 
 from actors.core import AskTimeoutError
-from actors.messages import ClusterView, GetClusterView, GetJob, SubmitJobs
+from actors.messages import ClusterView, GetClusterView, GetJob
 from secauto.api.errors import RETRY_AFTER_S, ApiError, body_detail, playbook_details
 from secauto.api.inputs import read_json
 from secauto.api.job_dependencies import check_graph, refusal_error, with_dependencies
 from secauto.api.roles import requires
 from secauto.api.secret_refs import require_secrets
 from secauto.api.spec import operation, respond, whole
-from secauto.api.state import AUDIT_TARGET, ENGINE, IDENTITY, METRICS, SETTINGS, SYSTEM
+from secauto.api.state import AUDIT_TARGET, ENGINE, IDENTITY, METRICS, SETTINGS, SUBMISSIONS, SYSTEM
 from secauto.dependencies import KEY_PATTERN, MAX_DEPENDENCIES, Entry
 from secauto.engine import PlaybookInvalid, load_playbook_file, resolve_named_playbook, validate_playbook
 from secauto.engine.model import SecretRef
@@ -212,14 +212,13 @@ async def get_cluster(request: web.Request) -> web.StreamResponse:
 
 async def store_jobs(request: web.Request, jobs: list[Job], delays_ms: list[int], timeout: float, *,  # noqa: ASYNC109
                      submitted: list[Job] | None = None, batch: bool = False) -> None:
-    """Have the dispatcher store ``jobs`` (in this order); returns once they are in Redis. Raises
-    AskTimeoutError past ``timeout`` seconds and ActorDeadError if the node is stopping (both 503), or
-    the Redis error. A dependency the store refuses is a 400 naming every ``depends_on`` entry of
+    """Have the dispatcher's submit writer store ``jobs`` (in this order); returns once they are in
+    Redis. Raises AskTimeoutError past ``timeout`` seconds and ActorDeadError if the node is stopping
+    (both 503), or the Redis error. A dependency the store refuses is a 400 naming every ``depends_on`` entry of
     ``submitted`` (the same jobs in submission order; default ``jobs``) that names it."""
     try:
-        async with asyncio.timeout(timeout):  # one deadline for the hop to the dispatcher and the write
-            stored: asyncio.Future[None] = await request.app[SYSTEM].get("dispatcher").ask(
-                SubmitJobs(jobs, delays_ms, quota=quota_of(request)), timeout=None)
+        stored = request.app[SUBMISSIONS].add(jobs, delays_ms, quota_of(request))
+        async with asyncio.timeout(timeout):
             await stored
     except TimeoutError:
         raise AskTimeoutError(f"the jobs were not stored within {timeout:g}s") from None

@@ -26,7 +26,6 @@ from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.audit import RecordAudit
 from actors.core import ActorDeadError, AskTimeoutError, MailboxFullError
 from secauto.api.auth import allows, presented_key
 from secauto.api.errors import HTTP_CODES, RETRY_AFTER_S, ApiError, error_response
@@ -34,6 +33,7 @@ from secauto.api.peers import request_address
 from secauto.api.roles import METRICS_ROLE, PUBLIC, declared_role
 from secauto.api.spec import Handler, declared_audit
 from secauto.api.state import (
+    AUDIT_LOG,
     AUDIT_TARGET,
     CALLER,
     IDENTITY,
@@ -41,7 +41,6 @@ from secauto.api.state import (
     METRICS,
     RATE_LIMITER,
     SETTINGS,
-    SYSTEM,
 )
 from secauto.keyring import digest_of
 from secauto.models import utc_now
@@ -203,8 +202,8 @@ def _record(request: web.Request, action: str, status: int) -> None:
                        source_ip=request_address(request, settings.trusted_proxies),
                        outcome="success" if status < 400 else "failure", status=status, node_id=settings.node_id)
     try:
-        request.app[SYSTEM].get("audit").tell(RecordAudit(entry))
-    except (KeyError, ActorDeadError, MailboxFullError) as exc:
+        request.app[AUDIT_LOG].record(entry)
+    except (ActorDeadError, MailboxFullError) as exc:
         # Stopping, or a flood while Redis is down: the entry survives as this log line only.
         request.app[METRICS].audit_entries.labels(result="dropped").inc()
         logger.bind(component="audit", node_id=settings.node_id, actor=entry.actor, role=entry.role,

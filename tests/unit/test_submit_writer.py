@@ -116,6 +116,24 @@ async def test_stopping_fails_what_is_not_stored(writer: Any) -> None:
             await future
 
 
+async def test_a_stopped_writer_refuses_new_submissions_until_it_runs_again(writer: Any) -> None:
+    """The API calls add() directly: once the dispatcher stopped its writer, a submission is refused at
+    once (503 for the client) rather than left waiting; a restarted writer takes them again."""
+    submit_writer, queue, task = writer
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    with pytest.raises(ActorDeadError):
+        submit_writer.add([job()])
+    restarted = asyncio.create_task(submit_writer.run())
+    try:
+        await asyncio.sleep(0)
+        await submit_writer.add([job()])
+        assert len(queue.calls) == 1
+    finally:
+        restarted.cancel()
+        await asyncio.gather(restarted, return_exceptions=True)
+
+
 async def test_a_request_that_gave_up_does_not_break_the_others(writer: Any) -> None:
     submit_writer, queue, _ = writer
     queue.gate.clear()
