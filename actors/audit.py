@@ -144,6 +144,7 @@ class AuditActor(Actor):
         self.metrics.audit_entries.labels(result="written").inc(len(batch))
 
     def _log(self, entry: AuditEntry) -> None:
-        self.log.bind(actor=entry.actor, role=entry.role, action=entry.action, target=entry.target,
-                      source_ip=entry.source_ip, outcome=entry.outcome, status=entry.status).info(
-            "audit: {} {} by {} -> {}", entry.action, entry.target or "-", entry.actor or "(no key)", entry.status)
+        # Keyword arguments become the line's fields (loguru's capture), without a bound logger per entry.
+        self.log.info("audit: {} {} by {} -> {}", entry.action, entry.target or "-", entry.actor or "(no key)",
+                      entry.status, actor=entry.actor, role=entry.role, action=entry.action, target=entry.target,
+                      source_ip=entry.source_ip, outcome=entry.outcome, status=entry.status)

@@ -116,7 +116,7 @@ class SubmitWriter:
             return
         self.metrics.jobs_submitted.inc(stored)
         for job in jobs:
-            self.log.bind(job_id=job.id).info("Job submitted to distributed queue")
+            self.log.info("Job submitted to distributed queue", job_id=job.id)  # kwargs: extra fields, no bind
         for submission in batch:
             if not submission.done.done():  # its request may have timed out meanwhile
                 submission.done.set_result(None)

@@ -6,11 +6,25 @@ Every line has ``timestamp`` (RFC 3339 UTC), ``level``, ``component`` and ``mess
 and passwords are never passed to the logger in the first place. Values of stored secrets are masked
 (``***``) in every record, whatever the sink, by the patcher of :mod:`secauto.redaction`, which
 :func:`configure_logging` installs (and the node, for nodes started without it).
+
+JSON lines to stdout or stderr go through a :class:`LineSink`: a line logged while an event loop runs
+in the thread is written, with the other lines of the same loop iteration, in one write and flush at
+the start of the next iteration (a busy node logs a few lines per job, and one write per line cost
+a system call each). Lines logged without a running loop are written at once, after any still
+waiting. What is waiting is also written when the handler is removed (``logger.remove``), by
+:func:`flush_logs` (the CLI calls it when the node has stopped) and at interpreter exit (``atexit``,
+so also after a crash that ends the process with a traceback). Only a process killed outright
+(SIGKILL) loses the lines of its last loop iteration. A write that fails is not swallowed: in the
+loop's callback it reaches the loop's exception handler (an error on stderr), elsewhere it raises
+into loguru, which reports it on stderr.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import sys
+import threading
 from typing import Any, TextIO
 
 import msgspec
@@ -48,12 +62,58 @@ def format_record(record: Any) -> str:
     return _encoder.encode(entry).decode()
 
 
-def _stream_sink(stream: TextIO) -> Any:
-    def write(message: Any) -> None:
-        stream.write(format_record(message.record) + "\n")
-        stream.flush()
+class LineSink:
+    """A loguru sink writing JSON lines to ``stream``, one write and flush per event-loop iteration
+    (see the module docstring). Thread-safe: lines logged from other threads (no running loop there)
+    are written at once, after the lines still waiting."""
 
-    return write
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._planned: asyncio.AbstractEventLoop | None = None  # the loop that will write the lines
+
+    def write(self, message: Any) -> None:
+        """Loguru's entry point: one formatted record (``message.record``)."""
+        line = format_record(message.record)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: write now, after what waits
+            with self._lock:
+                self._lines.append(line)
+            self.flush_lines()
+            return
+        with self._lock:
+            self._lines.append(line)
+            if self._planned is loop:
+                return
+            self._planned = loop
+        loop.call_soon(self.flush_lines)
+
+    def flush_lines(self) -> None:
+        """Write and flush the waiting lines (nothing when none wait). Raises the stream's error."""
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._planned = None
+            if lines:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+
+    def stop(self) -> None:
+        """Called by loguru when the handler is removed: write what waits."""
+        self.flush_lines()
+
+
+_sinks: list[LineSink] = []  # the sinks configure_logging added (flush_logs, atexit)
+
+
+def flush_logs() -> None:
+    """Write the log lines still waiting in this process's line sinks. Raises the stream's error."""
+    for sink in list(_sinks):
+        sink.flush_lines()
+
+
+atexit.register(flush_logs)
 
 
 def _attach_line(record: Any) -> bool:
@@ -66,7 +126,8 @@ def configure_logging(config: LoggingConfig, **defaults: Any) -> None:
 
     A file destination that cannot be opened raises OSError (the CLI reports it and exits 2).
     """
-    logger.remove()
+    logger.remove()  # stops (and flushes) the line sinks of an earlier configuration
+    _sinks.clear()
     logger.configure(extra={"component": "secauto", **defaults})
     install_log_redaction()
     level = config.level.upper()
@@ -76,6 +137,8 @@ def configure_logging(config: LoggingConfig, **defaults: Any) -> None:
         fmt = "{time:YYYY-MM-DDTHH:mm:ss.SSS!UTC}Z {level: <7} [{extra[component]}] {message}"
         logger.add(stream if stream is not None else config.destination, format=fmt, **common)
     elif stream is not None:
-        logger.add(_stream_sink(stream), format="{message}", **common)
+        sink = LineSink(stream)
+        _sinks.append(sink)
+        logger.add(sink, format="{message}", **common)
     else:
         logger.add(config.destination, format="{extra[" + _INTERNAL + "]}", filter=_attach_line, **common)
