@@ -88,8 +88,11 @@ class JobSubmission(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def build_job(body: JobSubmission, request: web.Request, *, job_id: str | None = None,
-              depends_on: list[str] | None = None, dependency_keys: dict[str, str] | None = None) -> Job:
-    """Validate the playbook (inline or named) and turn a submission into a pending Job.
+              depends_on: list[str] | None = None,
+              dependency_keys: dict[str, str] | None = None) -> tuple[Job, tuple[SecretRef, ...]]:
+    """Validate the playbook (inline or named) and turn a submission into a pending Job; with it, the
+    secrets its playbook references, with JSON paths into the submitted playbook (the steps, for a
+    named playbook document), found by the same validation.
 
     ``depends_on`` are the dependencies' job ids (batch keys resolved; default: ``body.depends_on``),
     ``dependency_keys`` names those given by batch key. Raises ApiError 400 with one detail per problem,
@@ -109,9 +112,10 @@ def build_job(body: JobSubmission, request: web.Request, *, job_id: str | None =
     try:
         if body.playbook_name is not None:
             playbook = load_playbook_file(resolve_named_playbook(body.playbook_name, engine))
-        validate_playbook(playbook, engine)
+        validated = validate_playbook(playbook, engine)
         if isinstance(playbook, dict):  # a playbook document {"steps": [...], "name": ...}
             playbook = playbook["steps"]
+            validated = validate_playbook(playbook, engine)  # the paths of its references: into the steps
     except PlaybookInvalid as exc:
         field = "playbook" if body.playbook_name is None else "playbook_name"
         raise ApiError(400, "validation_error", f"invalid playbook: {exc}",
@@ -138,14 +142,7 @@ def build_job(body: JobSubmission, request: web.Request, *, job_id: str | None =
         dependency_keys=dependency_keys or UNSET,
         parent_list=",".join(parents) or UNSET,
         on_dependency_failure=body.on_dependency_failure if parents else UNSET,
-    )
-
-
-def secret_refs_of(body: JobSubmission, job: Job, request: web.Request) -> tuple[SecretRef, ...]:
-    """The secrets a submitted job references (validation is cached: this does not validate again),
-    with JSON paths into the submitted playbook."""
-    return validate_playbook(body.playbook if body.playbook is not None else job.playbook,
-                             request.app[ENGINE]).secret_refs
+    ), validated.secret_refs
 
 
 class ClusterInfo(msgspec.Struct, kw_only=True):
@@ -245,10 +242,11 @@ def quota_of(request: web.Request) -> Quota | None:
                        "operation.")
 async def submit_job(request: web.Request) -> web.StreamResponse:
     body = await read_json(request, JobSubmission)
-    check_graph([Entry(None, body.depends_on)], batch=False)
-    job = build_job(body, request)
+    if body.depends_on:  # no dependencies: no graph to check
+        check_graph([Entry(None, body.depends_on)], batch=False)
+    job, refs = build_job(body, request)
     request[AUDIT_TARGET] = job.id
-    await require_secrets(request, [secret_refs_of(body, job, request)])
+    await require_secrets(request, [refs])
     await store_jobs(request, [job], [body.delay_ms()], timeout=10.0, batch=False)
     return respond(request, SubmitResponse(job_id=job.id))
 
@@ -279,13 +277,16 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
     plan = check_graph([Entry(item.key, item.depends_on) for item in body.jobs], batch=True)
     ids = [new_job_id() for _ in body.jobs]
     jobs: list[Job] = []
+    refs: list[tuple[SecretRef, ...]] = []
     delays = []
     for index, item in enumerate(body.jobs):
         parents = [ids[parent] if isinstance(parent, int) else parent for parent in plan.parents[index]]
         keys = {ids[parent]: key for parent in plan.parents[index]
                 if isinstance(parent, int) and (key := body.jobs[parent].key) is not None}
         try:
-            jobs.append(build_job(item, request, job_id=ids[index], depends_on=parents, dependency_keys=keys))
+            job, job_refs = build_job(item, request, job_id=ids[index], depends_on=parents, dependency_keys=keys)
+            jobs.append(job)
+            refs.append(job_refs)
             delays.append(item.delay_ms())
         except ApiError as exc:
             for detail in exc.details:
@@ -294,7 +295,6 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
                 detail.field = f"jobs[{index}].{detail.field}"
             raise ApiError(exc.status, exc.code, f"jobs[{index}]: {exc.message}", exc.details) from None
     request[AUDIT_TARGET] = jobs[0].id if len(jobs) == 1 else f"{len(jobs)} jobs: {jobs[0].id} .. {jobs[-1].id}"
-    refs = [secret_refs_of(item, job, request) for item, job in zip(body.jobs, jobs, strict=True)]
     await require_secrets(request, refs, [f"jobs[{index}].playbook" for index in range(len(jobs))])
     # Stored in dependency order (each job after those it depends on); answered in submission order.
     await store_jobs(request, [jobs[index] for index in plan.order], [delays[index] for index in plan.order],
