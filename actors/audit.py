@@ -25,6 +25,7 @@ from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.core import Actor, ActorDeadError
+from secauto.logs import LineLogger
 from secauto.metrics import NodeMetrics
 from secauto.store.audit import AuditEntry, AuditStore
 
@@ -62,6 +63,7 @@ class AuditActor(Actor):
         self.backing_off = False  # the last write failed: wait for the retry timer, do not flush early
         self.flush_told = False  # record() asked for an early flush (FLUSH_AT reached); not handled yet
         self.log = logger.bind(component="audit", node_id=node_id)
+        self.lines = LineLogger(component="audit", node_id=node_id)  # the line of each entry
 
     async def on_start(self) -> None:
         self.flush_planned = False
@@ -144,7 +146,6 @@ class AuditActor(Actor):
         self.metrics.audit_entries.labels(result="written").inc(len(batch))
 
     def _log(self, entry: AuditEntry) -> None:
-        # Keyword arguments become the line's fields (loguru's capture), without a bound logger per entry.
-        self.log.info("audit: {} {} by {} -> {}", entry.action, entry.target or "-", entry.actor or "(no key)",
+        self.lines.info("audit: {} {} by {} -> {}", entry.action, entry.target or "-", entry.actor or "(no key)",
                       entry.status, actor=entry.actor, role=entry.role, action=entry.action, target=entry.target,
                       source_ip=entry.source_ip, outcome=entry.outcome, status=entry.status)

@@ -28,9 +28,8 @@ import asyncio
 import collections
 from collections.abc import Sequence
 
-from loguru import logger
-
 from actors.core import ActorDeadError
+from secauto.logs import LineLogger
 from secauto.metrics import NodeMetrics
 from secauto.models import Job, make_event
 from secauto.store.jobs import JobQueue, Quota
@@ -60,7 +59,7 @@ class SubmitWriter:
         self._pending: collections.deque[_Submission] = collections.deque()
         self._arrived = asyncio.Event()
         self._stopped = False  # run() ended (dispatcher stopping or restarting): add() refuses
-        self.log = logger.bind(component="dispatcher", node_id=node_id)
+        self.lines = LineLogger(component="dispatcher", node_id=node_id)  # the per-job line
 
     def add(self, jobs: list[Job], delays_ms: Sequence[int] | None = None,
             quota: Quota | None = None) -> asyncio.Future[None]:
@@ -116,7 +115,7 @@ class SubmitWriter:
             return
         self.metrics.jobs_submitted.inc(stored)
         for job in jobs:
-            self.log.info("Job submitted to distributed queue", job_id=job.id)  # kwargs: extra fields, no bind
+            self.lines.info("Job submitted to distributed queue", job_id=job.id)
         for submission in batch:
             if not submission.done.done():  # its request may have timed out meanwhile
                 submission.done.set_result(None)

@@ -117,3 +117,51 @@ async def test_a_failing_write_reaches_the_loop_exception_handler_and_flush_logs
         loop.set_exception_handler(None)
         monkeypatch.setattr(sys, "stderr", io.StringIO())
         logger.remove()
+
+
+async def test_line_logger_writes_the_same_line_as_loguru_masked_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under serve's setup (JSON to stderr, info) LineLogger builds its lines without loguru: the same
+    fields in the same order, the bound node id, secrets masked by the same patcher."""
+    from secauto.logs import LineLogger
+    from secauto.redaction import REDACTOR
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(LoggingConfig(level="info", destination="stderr"), node_id="node-1")
+    REDACTOR.add(["hunter2-secret-value"])
+    try:
+        fields = {"actor": "ops", "status": 200, "target": None, "job_id": "job-1"}
+        LineLogger(component="audit").info("audit: {} by {} (hunter2-secret-value)", "job.submit", "ops", **fields)
+        logger.bind(component="audit").info("audit: {} by {} (hunter2-secret-value)", "job.submit", "ops", **fields)
+        await asyncio.sleep(0)
+    finally:
+        REDACTOR.clear()
+        logger.remove()
+    direct, through_loguru = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(direct) == list(through_loguru) == ["timestamp", "level", "component", "message", "job_id", "node_id",
+                                                   "actor", "status", "target"]
+    assert {**direct, "timestamp": None} == {**through_loguru, "timestamp": None}
+    assert direct["message"] == "audit: job.submit by ops (***)" and direct["node_id"] == "node-1"
+
+
+@pytest.mark.parametrize("config", [LoggingConfig(level="warning", destination="stderr"),
+                                    LoggingConfig(level="info", destination="stderr", format="text")])
+def test_line_logger_goes_through_loguru_unless_json_lines_at_info(config: LoggingConfig,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from secauto.logs import LineLogger
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(config)
+    records: list[Any] = []
+    logger.add(lambda message: records.append(message.record), level="INFO")
+    try:
+        LineLogger(component="dispatcher").info("Job submitted to distributed queue", job_id="job-1")
+    finally:
+        logger.remove()
+    if config.level == "warning":
+        assert stream.getvalue() == ""
+    else:
+        assert "Job submitted to distributed queue" in stream.getvalue()
+    assert [(r["extra"]["job_id"], r["message"]) for r in records] == [("job-1", "Job submitted to distributed queue")]
+    assert records[0]["function"] == "test_line_logger_goes_through_loguru_unless_json_lines_at_info"  # the caller
