@@ -180,3 +180,26 @@ async def test_a_submission_with_dependencies_has_a_call_of_its_own(writer: Any)
     await asyncio.gather(first, *before, alone, *after)
     assert [len(ids) for ids, _, _ in queue.calls] == [1, 3, 1, 2]
     assert queue.calls[2][0] == [dependent.id]
+
+
+async def test_a_submission_not_stored_in_time_answers_503_and_the_writer_goes_on(writer: Any) -> None:
+    """store_jobs bounds the wait (AskTimeoutError: 503 with Retry-After); the writer later finds the
+    request's future done and skips it, and stores what comes next."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from actors.core import AskTimeoutError
+    from secauto.api.cluster import store_jobs
+    from secauto.api.state import METRICS, SUBMISSIONS
+
+    submit_writer, queue, _ = writer
+    queue.gate.clear()
+    app = web.Application()
+    app[SUBMISSIONS] = submit_writer
+    app[METRICS] = NodeMetrics("n1")
+    request = make_mocked_request("POST", "/cluster/jobs", app=app)
+    with pytest.raises(AskTimeoutError, match=r"not stored within 0\.05s"):
+        await store_jobs(request, [job()], [0], timeout=0.05)
+    queue.gate.set()
+    await store_jobs(request, [job()], [0], timeout=5.0)
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 1]
