@@ -109,7 +109,10 @@ class LineSink:
                 self.stream.flush()
 
     def stop(self) -> None:
-        """Called by loguru when the handler is removed: write what waits."""
+        """Called by loguru when the handler is removed: write what waits; LineLogger stops using it."""
+        global _direct
+        if _direct is not None and _direct.sink is self:
+            _direct = None
         self.flush_lines()
 
 

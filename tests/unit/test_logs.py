@@ -165,3 +165,15 @@ def test_line_logger_goes_through_loguru_unless_json_lines_at_info(config: Loggi
         assert "Job submitted to distributed queue" in stream.getvalue()
     assert [(r["extra"]["job_id"], r["message"]) for r in records] == [("job-1", "Job submitted to distributed queue")]
     assert records[0]["function"] == "test_line_logger_goes_through_loguru_unless_json_lines_at_info"  # the caller
+
+
+def test_line_logger_stops_writing_once_the_handler_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from secauto.logs import LineLogger
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(LoggingConfig(level="info", destination="stderr"))
+    LineLogger(component="audit").info("while configured")
+    logger.remove()
+    LineLogger(component="audit").info("after logger.remove()")  # no handler left: nowhere
+    assert [json.loads(line)["message"] for line in stream.getvalue().splitlines()] == ["while configured"]
