@@ -15,7 +15,14 @@ from actors.audit import AuditActor
 from actors.core import ActorSystem
 from actors.submit_writer import SubmitWriter
 from secauto.api.limits import RateLimiter
-from secauto.api.middlewares import api_middleware, security_headers
+from secauto.api.middlewares import (
+    audit_middleware,
+    auth_middleware,
+    error_middleware,
+    metrics_middleware,
+    redaction_middleware,
+    security_headers,
+)
 from secauto.api.roles import declared_role
 from secauto.api.routes import route_table
 from secauto.api.spec import declared_operation
@@ -57,7 +64,8 @@ def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, 
     first to reload after a key change and asks the second to flush before listing the trail).
     ``submissions`` is the dispatcher's submit writer and ``audit`` the audit actor (spawned): the
     submit routes and the audit middleware call them directly."""
-    app = web.Application(middlewares=[api_middleware],
+    app = web.Application(middlewares=[metrics_middleware, audit_middleware, redaction_middleware, error_middleware,
+                                       auth_middleware],
                           client_max_size=settings.config.server.max_body_bytes)
     app.on_response_prepare.append(security_headers)
     app[SETTINGS] = settings

@@ -1,17 +1,15 @@
-"""What every request passes: one middleware, :func:`api_middleware`, whose layers are, outermost first,
-metrics, audit, redaction, errors and auth (one coroutine rather than five middlewares: each aiohttp
-layer costs a coroutine and a wrapper per request); and the security headers added to every answer.
+"""The middlewares every request passes, outermost first: metrics, audit, redaction, errors, auth; and
+the security headers added to every answer.
 
-* metrics count requests by route template, method and status.
-* audit records every state change (any route but GET/HEAD, unless it declares
+* :func:`metrics_middleware` counts requests by route template, method and status.
+* :func:`audit_middleware` records every state change (any route but GET/HEAD, unless it declares
   ``operation(audit=False)``) and every refused request (401, 403, 429 on any route) in the audit trail,
-  from the route's declaration: handlers do nothing for it. The entry goes to the audit actor
-  (:meth:`actors.audit.AuditActor.record`), which logs it and writes it in a batch: no Redis round-trip.
-* redaction masks secret values (``***``) in every JSON answer, errors included.
-* :func:`error_answer` turns every failure into the JSON error body of the README ("HTTP API"): an
+  from the route's declaration: handlers do nothing for it.
+* :func:`redaction_middleware` masks secret values (``***``) in every JSON answer, errors included.
+* :func:`error_middleware` turns every failure into the JSON error body of the README ("HTTP API"): an
   ApiError as it is, aiohttp's own HTTP errors with our codes, Redis outages and busy or stopping
   actors as 503 with Retry-After, anything else as a logged 500 without a traceback in the answer.
-* :func:`check_access` checks the API key, the role the matched route declares and the key's rate
+* :func:`auth_middleware` checks the API key, the role the matched route declares and the key's rate
   limit.
 * :func:`security_headers` (an ``on_response_prepare`` hook, so it also covers streamed answers and
   errors) adds ``X-Content-Type-Options``, ``X-Frame-Options``, ``Referrer-Policy``, ``Cache-Control``,
@@ -51,87 +49,59 @@ from secauto.store.audit import AuditEntry
 
 
 @web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The layers every request passes, outermost first, in one coroutine (each aiohttp middleware
-    layer costs a coroutine and a wrapper per request): metrics, audit, redaction, errors, auth.
-
-    * metrics: count the request by route template (not raw path: ids would make labels unbounded)
-      and the status answered (500 for a request cancelled because its client went away);
-    * audit: record a state change or a refusal once answered (:func:`audit_action`), with the status
-      answered (499 for a request cancelled because its client went away);
-    * redaction: mask every secret value known to this process in a JSON answer, errors included
-      (stored records are masked already; this covers answers built on the fly: ``POST /playbook``,
-      error messages quoting input). Streams (SSE) mask their events themselves;
-    * errors: every failure of auth or the handler becomes the JSON error body (:func:`error_answer`);
-    * auth: the API key, the role the matched route declares and the key's rate limit
-      (:func:`check_access`).
-    """
-    status = 500  # what the metrics count
-    audit_status = 500  # what the audit trail records
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count requests by route template (not raw path: ids would make labels unbounded)."""
+    status = 500
     try:
-        try:
-            check_access(request)
-            response = await handler(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # every failure is answered (or re-raised: redirects) by error_answer
-            response = error_answer(request, exc)
-        if (REDACTOR.active and isinstance(response, web.Response) and isinstance(response.body, bytes)
-                and response.content_type == "application/json"):
-            masked = REDACTOR.json_bytes(response.body)
-            if masked is not response.body:
-                response.body = masked
-        status = audit_status = response.status
+        response = await handler(request)
+        status = response.status
         return response
-    except web.HTTPException as exc:  # redirects (error_answer answers every error itself)
-        status = audit_status = exc.status
-        raise
-    except asyncio.CancelledError:
-        audit_status = _CLIENT_CLOSED
+    except web.HTTPException as exc:
+        status = exc.status
         raise
     finally:
-        try:
-            action = audit_action(request, audit_status)
-            if action is not None:
-                _record(request, action, audit_status)
-        finally:
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            request.app[METRICS].count_request(route, request.method, status)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].count_request(route, request.method, status)
 
 
-def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
-    """The JSON error answer for a failure: an ApiError as it is, aiohttp's own HTTP errors with our
-    codes, Redis outages and busy or stopping actors as 503 with Retry-After, anything else as a logged
-    500 without a traceback in the answer. Re-raises aiohttp's HTTP exceptions below 400 (redirects)."""
-    if isinstance(exc, ApiError):
-        return error_response(exc)
-    if isinstance(exc, web.HTTPException):
-        if exc.status < 400:
-            raise exc
-        code = HTTP_CODES.get(exc.status, "error")
-        message = exc.reason if exc.status != 413 else "request body too large"
-        return error_response(ApiError(exc.status, code, message, headers=_allow_header(exc)))
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        logger.bind(component="api").warning("Redis unavailable during {} {}: {}", request.method, request.path, exc)
-        return error_response(ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry later",
-                                       headers={"Retry-After": RETRY_AFTER_S}))
-    if isinstance(exc, ActorDeadError | AskTimeoutError):
-        return error_response(ApiError(503, "unavailable", "the node is busy or shutting down; retry later",
-                                       headers={"Retry-After": RETRY_AFTER_S}))
-    logger.bind(component="api").opt(exception=exc).error("unhandled error in {} {}", request.method, request.path)
-    return error_response(ApiError(500, "internal_error", "internal error"))
+@web.middleware
+async def redaction_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Mask every secret value known to this process in JSON answers (stored records are masked
+    already; this also covers answers built on the fly: POST /playbook, error messages quoting input).
+    Streams (SSE) mask their events themselves."""
+    response = await handler(request)
+    if (REDACTOR.active and isinstance(response, web.Response) and isinstance(response.body, bytes)
+            and response.content_type == "application/json"):
+        masked = REDACTOR.json_bytes(response.body)
+        if masked is not response.body:
+            response.body = masked
+    return response
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """:func:`error_answer` alone, for an application without the API's other layers (tests)."""
+    """Turn every failure into the JSON error body; never leak a traceback."""
     try:
         return await handler(request)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        return error_answer(request, exc)
+    except ApiError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, "error")
+        message = exc.reason if exc.status != 413 else "request body too large"
+        return error_response(ApiError(exc.status, code, message, headers=_allow_header(exc)))
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        logger.bind(component="api").warning("Redis unavailable during {} {}: {}", request.method, request.path, exc)
+        return error_response(ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry later",
+                                       headers={"Retry-After": RETRY_AFTER_S}))
+    except (ActorDeadError, AskTimeoutError):
+        return error_response(ApiError(503, "unavailable", "the node is busy or shutting down; retry later",
+                                       headers={"Retry-After": RETRY_AFTER_S}))
+    except Exception:
+        logger.bind(component="api").exception("unhandled error in {} {}", request.method, request.path)
+        return error_response(ApiError(500, "internal_error", "internal error"))
 
 
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:
@@ -139,40 +109,40 @@ def _allow_header(exc: web.HTTPException) -> dict[str, str]:
     return {"Allow": allow} if allow else {}
 
 
-def check_access(request: web.Request) -> None:
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check the API key, the role that the matched route declares and the key's rate limit.
 
-    Raises ApiError 401 for a missing, unknown, revoked or expired key; 403 for a role below the
-    route's; 429 ``rate_limited`` with ``Retry-After`` when the key's bucket is empty. Sets
-    ``request[CALLER]`` for a known key and ``request[IDENTITY]`` once it is accepted. Unmatched routes
-    (404/405: aiohttp's own handler raises) and public ones pass. Never reads Redis."""
+    401 for a missing, unknown, revoked or expired key; 403 for a role below the route's; 429
+    ``rate_limited`` with ``Retry-After`` when the key's bucket is empty. Never reads Redis."""
     role = declared_role(request.match_info.handler)
     if role is None:
-        return
+        # Unmatched routes (404/405) carry aiohttp's own handler: let it raise.
+        return await handler(request)
     if role == METRICS_ROLE:
         role = PUBLIC if request.app[SETTINGS].config.metrics.public else "viewer"
-    if role == PUBLIC:
-        return
-    key = presented_key(request)
-    if key is None:
-        raise ApiError(401, "unauthorized", "missing API key (Authorization: Bearer KEY or X-API-Key)",
-                       headers={"WWW-Authenticate": "Bearer"})
-    keyring = request.app[KEYRING]
-    identity = keyring.lookup(digest_of(key))
-    if identity is None:
-        raise ApiError(401, "unauthorized", "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-    request[CALLER] = identity
-    if identity.expired(keyring.clock()):
-        raise ApiError(401, "unauthorized", "this API key has expired", headers={"WWW-Authenticate": "Bearer"})
-    keyring.touch(identity.name)
-    if not allows(identity.role, role):  # type: ignore[arg-type]
-        raise ApiError(403, "forbidden", f"this route needs the {role} role; the key has {identity.role}")
-    wait = request.app[RATE_LIMITER].acquire(identity)
-    if wait is not None:
-        request.app[METRICS].rate_limited.labels(code="rate_limited").inc()
-        raise ApiError(429, "rate_limited", f"too many requests with this key; retry in {wait}s",
-                       headers={"Retry-After": str(wait)})
-    request[IDENTITY] = identity
+    if role != PUBLIC:
+        key = presented_key(request)
+        if key is None:
+            raise ApiError(401, "unauthorized", "missing API key (Authorization: Bearer KEY or X-API-Key)",
+                           headers={"WWW-Authenticate": "Bearer"})
+        keyring = request.app[KEYRING]
+        identity = keyring.lookup(digest_of(key))
+        if identity is None:
+            raise ApiError(401, "unauthorized", "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        request[CALLER] = identity
+        if identity.expired(keyring.clock()):
+            raise ApiError(401, "unauthorized", "this API key has expired", headers={"WWW-Authenticate": "Bearer"})
+        keyring.touch(identity.name)
+        if not allows(identity.role, role):  # type: ignore[arg-type]
+            raise ApiError(403, "forbidden", f"this route needs the {role} role; the key has {identity.role}")
+        wait = request.app[RATE_LIMITER].acquire(identity)
+        if wait is not None:
+            request.app[METRICS].rate_limited.labels(code="rate_limited").inc()
+            raise ApiError(429, "rate_limited", f"too many requests with this key; retry in {wait}s",
+                           headers={"Retry-After": str(wait)})
+        request[IDENTITY] = identity
+    return await handler(request)
 
 
 # Methods that change nothing: their calls are audited only when refused.
@@ -181,6 +151,29 @@ _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REFUSED_STATUSES = frozenset({401, 403, 429})
 # An aiohttp handler cancelled because the client went away (nginx's code for it).
 _CLIENT_CLOSED = 499
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record the request in the audit trail once answered, if it is a state change or was refused.
+
+    Sits outside the error middleware, so it sees the status actually answered. Adds no Redis
+    round-trip: the entry goes to the audit actor, which logs it and writes it in a batch."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # redirects (the error middleware answers every error itself)
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = _CLIENT_CLOSED
+        raise
+    finally:
+        action = audit_action(request, status)
+        if action is not None:
+            _record(request, action, status)
 
 
 def audit_action(request: web.Request, status: int) -> str | None:
