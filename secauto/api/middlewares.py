@@ -7,8 +7,9 @@ the security headers added to every answer.
   from the route's declaration: handlers do nothing for it.
 * :func:`redaction_middleware` masks secret values (``***``) in every JSON answer, errors included.
 * :func:`error_middleware` turns every failure into the JSON error body of the README ("HTTP API"): an
-  ApiError as it is, aiohttp's own HTTP errors with our codes, Redis outages and busy or stopping
-  actors as 503 with Retry-After, anything else as a logged 500 without a traceback in the answer.
+  ApiError as it is, aiohttp's own HTTP errors with our codes, Redis outages (and writes refused by a
+  Redis that became a replica) and busy or stopping actors as 503 with Retry-After, anything else as a
+  logged 500 without a traceback in the answer.
 * :func:`auth_middleware` checks the API key, the role the matched route declares and the key's rate
   limit.
 * :func:`security_headers` (an ``on_response_prepare`` hook, so it also covers streamed answers and
@@ -24,6 +25,7 @@ import asyncio
 from aiohttp import web
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.core import ActorDeadError, AskTimeoutError, MailboxFullError
@@ -96,6 +98,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         logger.bind(component="api").warning("Redis unavailable during {} {}: {}", request.method, request.path, exc)
         return error_response(ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry later",
                                        headers={"Retry-After": RETRY_AFTER_S}))
+    except ReadOnlyError as exc:
+        # A write reached a server that is now a replica (a failover, or an operator's REPLICAOF):
+        # transient like an outage, so the client retries instead of seeing a 500.
+        logger.bind(component="api").warning("Redis read-only during {} {}: {}", request.method, request.path, exc)
+        return error_response(ApiError(503, "unavailable", "the job store (Redis) is read-only (a failover is "
+                                       "under way?); retry later", headers={"Retry-After": RETRY_AFTER_S}))
     except (ActorDeadError, AskTimeoutError):
         return error_response(ApiError(503, "unavailable", "the node is busy or shutting down; retry later",
                                        headers={"Retry-After": RETRY_AFTER_S}))
