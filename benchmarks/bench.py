@@ -98,18 +98,18 @@ def playbook_for(scenario: str) -> list[dict[str, Any]]:
 class Keys:
     """The few key names the bench reads (from secauto.store.keys when it has them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster_name: str = CLUSTER_NAME) -> None:
         try:
             from secauto.store.keys import Keys as StoreKeys
 
-            keys = StoreKeys(CLUSTER_NAME)
+            keys = StoreKeys(cluster_name)
             self.queue, self.running = keys.queue, keys.running
             self.delayed: str | None = getattr(keys, "delayed", None)
             self.job_prefix, self.channel = keys.job_prefix, keys.channel
         except Exception:  # fall back to the documented names
-            self.queue, self.running = f"secauto:jobs:{CLUSTER_NAME}", f"secauto:running:{CLUSTER_NAME}"
-            self.delayed, self.job_prefix = f"secauto:delayed:{CLUSTER_NAME}", "secauto:job:"
-            self.channel = f"secauto:events:{CLUSTER_NAME}"
+            self.queue, self.running = f"secauto:jobs:{cluster_name}", f"secauto:running:{cluster_name}"
+            self.delayed, self.job_prefix = f"secauto:delayed:{cluster_name}", "secauto:job:"
+            self.channel = f"secauto:events:{cluster_name}"
 
     @property
     def watched(self) -> list[str]:
@@ -117,6 +117,14 @@ class Keys:
 
 
 KEYS = Keys()
+# The submit probe's node with a rate limit and a quota (--submit-limits): its own cluster, limits that
+# never refuse (the probe measures what checking them costs, not refusals).
+LIMITED_CLUSTER = "bench-limits"
+LIMITED_KEYS = Keys(LIMITED_CLUSTER)
+LIMITED_SECURITY: dict[str, Any] = {
+    "api_keys": [{"name": "bench", "key": API_KEY, "role": "admin", "max_pending": 10_000_000}],
+    "rate_limit": {"per_second": 1_000_000, "burst": 1_000_000},
+}
 
 
 class OwnTraffic:
@@ -539,13 +547,13 @@ async def submit_round(client: SecautoClient, playbook: list[Any], count: int, p
 HOLD_S = 3600.0
 
 
-async def drop_held_jobs(redis: BenchRedis, ids: Sequence[str]) -> None:
+async def drop_held_jobs(redis: BenchRedis, ids: Sequence[str], keys: Keys = KEYS) -> None:
     """Remove jobs parked in the delayed set, and their records (only the bench's own Redis)."""
-    assert KEYS.delayed is not None, "the store has no delayed set"
+    assert keys.delayed is not None, "the store has no delayed set"
     for offset in range(0, len(ids), 500):
         chunk = list(ids[offset:offset + 500])
-        await redis.r.zrem(KEYS.delayed, *chunk)
-        await redis.r.delete(*(KEYS.job_prefix + job_id for job_id in chunk))
+        await redis.r.zrem(keys.delayed, *chunk)
+        await redis.r.delete(*(keys.job_prefix + job_id for job_id in chunk))
 
 
 async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Path) -> dict[str, Any]:
@@ -564,6 +572,10 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
       as a node that is both API and worker does. After each measurement the bench waits until they
       finished, so each measurement starts on an idle node.
 
+    With ``--submit-limits``, a fourth, ``node_submit_limited``: ``node_submit`` against a second node (its
+    own cluster name, so the two never share work) whose key has a rate limit and a ``max_pending`` quota
+    too high to refuse anything, i.e. the cost of checking them on the normal path (issue 12.5).
+
     The node runs at ``logging.level: --submit-log-level``. Rates are medians of the rounds, latencies
     are pooled over them.
     """
@@ -572,8 +584,12 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
     await redis.flush()
     probe_dir = workdir / "submit-probe"
     nodes = NodeSet(probe_dir, redis.url, 1, concurrency=opts.concurrency, log_level=opts.submit_log_level)
+    limited = NodeSet(probe_dir / "limited", redis.url, 1, concurrency=opts.concurrency,
+                      log_level=opts.submit_log_level, cluster_name=LIMITED_CLUSTER, security=LIMITED_SECURITY)
     bare = BareServer(probe_dir)
-    names = ("bare", "node_submit", "node_submit_and_run")
+    names: tuple[str, ...] = ("bare", "node_submit", "node_submit_and_run")
+    if opts.submit_limits:
+        names += ("node_submit_limited",)
     measured: dict[str, dict[int, list[tuple[float, list[float]]]]] = {
         name: {p: [] for p in SUBMIT_PARALLEL} for name in names}
     # CPU seconds used per measurement: (server, redis-server, requests); steadier than rates on a busy machine
@@ -590,19 +606,30 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
                                         f"(max_concurrent_jobs={opts.concurrency}); the bench waits for them to "
                                         "finish between measurements"},
     }
+    if opts.submit_limits:
+        out["node_submit_limited"] = {"what": "node_submit on a node whose key has rate_limit and max_pending set "
+                                              "too high to refuse: the cost of the checks",
+                                      "security": LIMITED_SECURITY}
     try:
-        await asyncio.gather(nodes.start(), bare.start())
-        async with SecautoClient(nodes.urls[0], API_KEY, max_connections=32) as node_client, \
-                SecautoClient(bare.url, API_KEY, max_connections=32) as bare_client:
+        await asyncio.gather(nodes.start(), bare.start(), *([limited.start()] if opts.submit_limits else []))
+        async with contextlib.AsyncExitStack() as stack:
+            node_client = await stack.enter_async_context(SecautoClient(nodes.urls[0], API_KEY, max_connections=32))
+            bare_client = await stack.enter_async_context(SecautoClient(bare.url, API_KEY, max_connections=32))
             targets: dict[str, tuple[SecautoClient, dict[str, Any]]] = {
                 "bare": (bare_client, {}), "node_submit": (node_client, {"delay": HOLD_S}),
                 "node_submit_and_run": (node_client, {})}
+            if opts.submit_limits:
+                limited_client = await stack.enter_async_context(
+                    SecautoClient(limited.urls[0], API_KEY, max_connections=32))
+                targets["node_submit_limited"] = (limited_client, {"delay": HOLD_S})
+            servers = {"bare": bare.proc.pid, "node_submit": nodes.pids[0], "node_submit_and_run": nodes.pids[0],
+                       **({"node_submit_limited": limited.pids[0]} if opts.submit_limits else {})}
 
             async def measure(name: str, requests: int, parallel: int) -> tuple[float, list[float]]:
                 nonlocal submitted
                 client, options = targets[name]
                 ids: list[str] = []
-                server = bare.proc.pid if name == "bare" else nodes.pids[0]
+                server = servers[name]
                 cpu_before = cpu_seconds(server), cpu_seconds(redis.pid)
                 result = await submit_round(client, playbook, requests, parallel, ids, **options)
                 if name == "node_submit_and_run":
@@ -611,6 +638,8 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
                                        requests))
                 if name == "node_submit":  # the held-back jobs go: the next measurements start clean
                     await drop_held_jobs(redis, ids)
+                elif name == "node_submit_limited":
+                    await drop_held_jobs(redis, ids, LIMITED_KEYS)
                 if name != "bare":
                     submitted += len(ids)
                 return result
@@ -625,6 +654,8 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
     finally:
         await bare.stop()
         problems = await nodes.stop()
+        if limited.procs:
+            problems += await limited.stop()
         if problems:
             out["node_problems"] = problems
         if nodes.procs:
@@ -771,6 +802,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--submit-log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="logging.level of the single-submit probe's node (default info, as in production)")
+    parser.add_argument("--submit-limits", action="store_true",
+                        help="the submit probe also measures a node whose key has a rate limit and a quota")
     parser.add_argument("--submit-only", action="store_true",
                         help="run only the single-submit probe (no scenarios, script cost or peers)")
     parser.add_argument("--script-cost-runs", type=int, help="runs of the run_script cost probe (default 30)")

@@ -127,20 +127,24 @@ class NodeSet:
     """N `secauto serve` processes of one cluster on free ports, configs and logs under ``workdir``."""
 
     def __init__(self, workdir: Path, redis_url: str, count: int, *, concurrency: int,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", cluster_name: str = CLUSTER_NAME,
+                 security: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         self.redis_url = redis_url
         self.count = count
         self.concurrency = concurrency
         self.log_level = log_level  # logging.level of the nodes
+        self.cluster_name = cluster_name
+        # the nodes' `security:` section (default: the bench's admin key, no rate limit, no quota)
+        self.security = security if security is not None else {"api_keys": [API_KEY]}
         self.procs: list[SecautoProcess] = []
 
     def _config(self, index: int, port: int) -> dict[str, Any]:
         return {
             "server": {"host": "127.0.0.1", "port": port, "shutdown_grace": 5},
             "cluster": {"enabled": True, "redis_url": self.redis_url, "node_id": f"bench-{index}",
-                        "cluster_name": CLUSTER_NAME, "max_concurrent_jobs": self.concurrency},
-            "security": {"api_keys": [API_KEY]},
+                        "cluster_name": self.cluster_name, "max_concurrent_jobs": self.concurrency},
+            "security": self.security,
             "engine": {"scripts_dir": str(REPO / "automations"), "playbooks_dir": str(REPO / "playbooks")},
             "logging": {"level": self.log_level, "destination": "stderr"},
         }

@@ -164,7 +164,8 @@ def print_submit_probe(probe: dict[str, Any] | None) -> None:
          f"node at {probe['node_log_level']}: median rate, latency p50/p99 ms, rate vs bare")
     row = "  {:<20} {:>9} {:>11} {:>6}   {:>9} {:>11} {:>6}"
     _err(row.format("", "1 in flight", "p50/p99", "x bare", "16 in flight", "p50/p99", "x bare"))
-    for name in ("bare", "node_submit", "node_submit_and_run"):
+    names = [name for name in ("bare", "node_submit", "node_submit_and_run", "node_submit_limited") if name in probe]
+    for name in names:
         cells = []
         for parallel in (1, 16):
             entry = _g(probe, name, f"{parallel}_in_flight", default={})
@@ -175,8 +176,10 @@ def print_submit_probe(probe: dict[str, Any] | None) -> None:
         _err(row.format(name, *cells))
     cpu = ", ".join(f"{name} {_fmt(_g(probe, name, 'server_cpu_us_per_request'))} us (+ Redis "
                     f"{_fmt(_g(probe, name, 'redis_cpu_us_per_request'))})"
-                    for name in ("bare", "node_submit", "node_submit_and_run"))
+                    for name in names)
     _err(f"  server CPU per request: {cpu}")
+    if "node_submit_limited" in probe:
+        _err("  node_submit_limited: node_submit with a rate limit and a max_pending quota that never refuse")
     _err("  node_submit: jobs held back (delay), so the node only takes them in; node_submit_and_run: it also "
          "claims and runs them")
 

@@ -28,6 +28,7 @@ class RecordingQueue:
         self.error: Exception | None = None
         self.quotas: list[Quota | None] = []  # per call
         self.full: set[str] = set()  # key names whose quota refuses
+        self.live: dict[str, int] = {}  # jobs stored per quota'd key: refuses what would pass max_pending
 
     async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, delays_ms: Sequence[int] | None = None,
                      durable_replicas: int = 0, durable_timeout_ms: int = 0, quota: Quota | None = None) -> int:
@@ -39,6 +40,11 @@ class RecordingQueue:
             raise self.error
         if quota is not None and quota.key_name in self.full:
             raise QuotaExceeded(quota.max_pending, quota.max_pending)
+        if quota is not None:
+            live = self.live.get(quota.key_name, 0)
+            if live + len(jobs) > quota.max_pending:
+                raise QuotaExceeded(live, quota.max_pending)
+            self.live[quota.key_name] = live + len(jobs)
         return len(jobs)
 
 
@@ -147,7 +153,8 @@ async def test_a_request_that_gave_up_does_not_break_the_others(writer: Any) -> 
     assert [len(ids) for ids, _, _ in queue.calls] == [1, 2]  # already taken in: it is stored all the same
 
 
-async def test_a_submission_with_a_quota_goes_alone_and_only_it_is_refused(writer: Any) -> None:
+async def test_quota_submissions_share_calls_only_with_the_same_quota_and_only_the_refused_fails(
+        writer: Any) -> None:
     submit_writer, queue, _ = writer
     queue.gate.clear()
     first = submit_writer.add([job()])
@@ -160,10 +167,36 @@ async def test_a_submission_with_a_quota_goes_alone_and_only_it_is_refused(write
     more = [submit_writer.add([job()]) for _ in range(2)]
     queue.gate.set()
     results = await asyncio.gather(first, *plain, quota_ok, refused, *more, return_exceptions=True)
-    assert [len(ids) for ids, _, _ in queue.calls] == [1, 3, 2, 1, 2]  # quota'd ones never share a call
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 3, 2, 1, 2]  # never across quotas
     assert queue.quotas == [None, None, bounded, full, None]
     assert isinstance(results[5], QuotaExceeded)
     assert all(result is None for index, result in enumerate(results) if index != 5)
+async def test_submissions_of_one_quota_share_a_call_and_a_refused_call_is_split(writer: Any) -> None:
+    """Far from the quota, a key's concurrent submissions share calls like any others; when a shared
+    call is refused, each submission is sent again alone, in order: exactly those that do not fit fail."""
+    submit_writer, queue, _ = writer
+    quota = Quota(key_name="ci", max_pending=5)
+    queue.gate.clear()
+    first = submit_writer.add([job()], quota=quota)
+    await asyncio.sleep(0)  # the first call is in flight
+    fitting = [submit_writer.add([job()], quota=quota) for _ in range(2)]
+    queue.gate.set()
+    await asyncio.gather(first, *fitting)
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 2]  # 3 of 5 used
+    queue.gate.clear()
+    head = submit_writer.add([job()], quota=quota)
+    await asyncio.sleep(0)
+    rest = [submit_writer.add([job()], quota=quota), submit_writer.add([job(), job()], quota=quota),
+            submit_writer.add([job()], quota=quota)]
+    queue.gate.set()
+    results = await asyncio.gather(head, *rest, return_exceptions=True)
+    # head fits (4 of 5); the next three together do not: alone, the 1-job one fits, the others not
+    assert [len(ids) for ids, _, _ in queue.calls][2:] == [1, 4, 1, 2, 1]
+    assert results[:2] == [None, None]
+    assert all(isinstance(result, QuotaExceeded) for result in results[2:])
+    assert queue.live["ci"] == 5
+
+
 async def test_a_submission_with_dependencies_has_a_call_of_its_own(writer: Any) -> None:
     """The submit script refuses a whole call when a dependency is unknown: a submission with
     dependencies must not share a call, or its refusal would reach the submissions beside it."""
