@@ -3,8 +3,16 @@
 * **Names**: ``[A-Za-z0-9_-]+`` with an optional ``.py``; the file must resolve (symlinks followed)
   to a regular file inside ``scripts_dir``. Anything else (``../x``, absolute paths, ``a/b``, a symlink
   pointing out of the folder) is refused before anything is spawned.
-* **Process**: ``[settings.python, <resolved path>]``, no shell, working directory ``scripts_dir``,
-  its own session and process group (see :mod:`secauto.engine.process` for the kill guarantees).
+* **Process**: with ``engine.runner: warm`` (the default) a fork of the node's warm runner
+  (:mod:`secauto.engine.warm`) runs the script as ``python <resolved path>`` would; otherwise, and
+  whenever a script cannot run warm, ``[settings.python, <resolved path>]`` is spawned. Either way: no
+  shell, working directory ``scripts_dir``, ``sys.argv == [<resolved path>]``, its own session and process
+  group (see :mod:`secauto.engine.process` for the kill guarantees). A script runs with spawn when
+  ``engine.python`` is not the node's interpreter, when the environment differs from the one the runner
+  was started with, when the runner is not ready (starting or restarting after a crash), or when the
+  script opts out with a comment line ``# secauto: runner=spawn`` before its first statement. The
+  step result's ``runner`` records which ran. A warm step whose runner dies fails ("the warm script
+  runner ... died"); the step's and the job's retry rules apply.
 * **Environment**: an allowlist, ``PATH``, ``LANG``, ``HOME``, ``TMPDIR`` (when set) plus
   ``settings.script_env``. Nothing else of the server's environment (API keys, Redis password, webhook
   secrets) reaches a script.
@@ -24,19 +32,30 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+from loguru import logger
 
 from secauto.engine.errors import StepError, short
-from secauto.engine.process import ProcessFailure, run_process
+from secauto.engine.process import ProcessFailure, ProcessOutcome, run_process, supervise
+from secauto.engine.results import StepNotes
 from secauto.engine.settings import EngineSettings
+from secauto.engine.warm import RunnerUnavailable, WarmChild
 from secauto.redaction import REDACTOR
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 SCRIPT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(\.py)?\Z")
 ENV_ALLOWLIST = ("PATH", "LANG", "HOME", "TMPDIR")
 STDERR_TAIL = 2000
 STDOUT_QUOTE = 200
+# A comment line before the first statement that keeps a script out of the warm runner.
+SPAWN_MARKER_RE = re.compile(rb"^#\s*secauto:\s*runner\s*=\s*spawn\s*$")
+_HEADER_BYTES = 4096
+_opt_outs: dict[Path, tuple[tuple[int, int, int], bool]] = {}  # path -> (stat key, wants spawn)
+_OPT_OUTS_MAX = 1024
 
 
 def script_name_problem(name: Any) -> str | None:
@@ -73,6 +92,52 @@ def script_environment(settings: EngineSettings) -> dict[str, str]:
     return env
 
 
+def wants_spawn(path: Path) -> bool:
+    """Whether the script opts out of the warm runner (``# secauto: runner=spawn`` among the comment
+    lines it starts with). Cached per (inode, size, mtime); an unreadable file says no (running it
+    reports the problem)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _opt_outs.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_HEADER_BYTES)
+    except OSError:
+        return False
+    wants = False
+    for line in head.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith(b"#"):
+            break
+        if SPAWN_MARKER_RE.match(stripped):
+            wants = True
+            break
+    if len(_opt_outs) >= _OPT_OUTS_MAX:
+        _opt_outs.clear()
+    _opt_outs[path] = (key, wants)
+    return wants
+
+
+async def _start_warm(path: Path, settings: EngineSettings, env: dict[str, str], log: Logger | None
+                      ) -> WarmChild | None:
+    """The script started in a fork of the warm runner, or None when it must be spawned instead."""
+    host = settings.script_host
+    if settings.runner != "warm" or host is None or not host.usable_for(settings.python, env):
+        return None
+    if wants_spawn(path):
+        return None
+    try:
+        return await host.start_step(path, argv=[str(path)], cwd=path.parent, env=env, log=log)
+    except RunnerUnavailable as exc:
+        (log or logger).debug("script {} runs with spawn: {}", path.name, exc)
+        return None
+
+
 def _tail(data: bytes) -> str:
     if not REDACTOR.active:
         return data[-STDERR_TAIL:].decode(errors="replace").strip()
@@ -96,12 +161,16 @@ async def run_script(
     settings: EngineSettings,
     *,
     time_limit: float | None = None,
+    notes: StepNotes | None = None,
+    log: Logger | None = None,
 ) -> dict[str, Any]:
     """Run script ``name`` with ``payload`` on stdin and return its JSON object.
 
-    ``time_limit`` defaults to ``settings.script_timeout``. Raises :class:`StepError` on a bad name, a
-    missing script, a non-serialisable payload, a start failure, a timeout, output over the cap, a
-    non-zero exit or stdout that is not one JSON object. Cancellation kills the process group.
+    ``time_limit`` defaults to ``settings.script_timeout``. ``notes.runner`` is set to how the script
+    runs ("warm" or "spawn") before it starts; ``log`` (the step's logger) receives the warm start's
+    audit line. Raises :class:`StepError` on a bad name, a missing script, a non-serialisable payload,
+    a start failure, a timeout, output over the cap, a non-zero exit, stdout that is not one JSON object,
+    or the death of the warm runner while the script ran. Cancellation kills the process group.
     """
     path = resolve_script(name, settings.scripts_dir)
     try:
@@ -109,15 +178,27 @@ async def run_script(
     except (TypeError, msgspec.EncodeError) as exc:
         raise StepError(f"script {name!r}: the input cannot be encoded as JSON: {exc}") from None
     limit = time_limit if time_limit is not None else settings.script_timeout
+    env = script_environment(settings)
+    child = await _start_warm(path, settings, env, log)
+    if notes is not None:
+        notes.runner = "spawn" if child is None else "warm"
     try:
-        outcome = await run_process(
-            [settings.python, str(path)],
-            stdin=stdin,
-            env=script_environment(settings),
-            cwd=path.parent,
-            time_limit=limit,
-            max_output_bytes=settings.max_output_bytes,
-        )
+        outcome: ProcessOutcome
+        if child is not None:
+            try:
+                outcome = await supervise(child, stdin=stdin, time_limit=limit,
+                                          max_output_bytes=settings.max_output_bytes)
+            finally:
+                child.close()
+        else:
+            outcome = await run_process(
+                [settings.python, str(path)],
+                stdin=stdin,
+                env=env,
+                cwd=path.parent,
+                time_limit=limit,
+                max_output_bytes=settings.max_output_bytes,
+            )
     except ProcessFailure as exc:
         raise StepError(_with_stderr(f"script {name!r} {exc}", exc.stderr)) from None
     except OSError as exc:

@@ -1,16 +1,20 @@
-"""Engine settings: where scripts and playbooks live, the script interpreter and the limits.
+"""Engine settings: where scripts and playbooks live, the script interpreter and runner, and the limits.
 
 The node builds one :class:`EngineSettings` from ``config.engine`` (plus ``sys.executable`` when no
-interpreter is configured); tests build their own. Nothing here reads the environment or the disk.
+interpreter is configured) and attaches its warm runner; tests build their own. Nothing here reads
+the environment or the disk.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
 from secauto.engine.netguard import HttpPolicy
+from secauto.engine.warm import WarmRunner
+from secauto.engine.warm_runner import DEFAULT_PRELOAD
 
 
 class EngineSettings(msgspec.Struct, kw_only=True, frozen=True):
@@ -22,6 +26,12 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True):
     script_timeout: float = 60.0
     max_output_bytes: int = 1_048_576  # cap on a script's stdout and on its stderr, each
     script_env: dict[str, str] = {}  # extra variables allowed into scripts' environment
+    # engine.runner: "warm" runs each script in a fork of script_host (when it can, see
+    # secauto.engine.scripts), "spawn" starts `python` per script. engine.preload: what the runner imports.
+    runner: Literal["warm", "spawn"] = "warm"
+    preload: tuple[str, ...] = DEFAULT_PRELOAD
+    # The node's live warm runner (started and stopped with the node); None: every script spawns.
+    script_host: WarmRunner | None = None
     # Limits. Validation: steps in one document (nested ones included), nesting of if/foreach
     # (and of `play` at run time), the size of the context as JSON.
     max_steps: int = 1000

@@ -1,0 +1,426 @@
+"""The warm script runner process: a long-lived interpreter that forks one child per ``run_script`` step.
+
+The node (:mod:`secauto.engine.warm`) starts it with exec, never as a fork of itself, as
+``python -P <this file> --fd N --preload json,re,...`` with the scripts' scrubbed environment only, so it
+holds none of the node's API keys, Redis connection, secrets or configuration. ``-P`` keeps this
+file's folder off ``sys.path`` (it would shadow stdlib names such as ``secrets``). The file imports the
+standard library and msgspec only; the node imports it just for the message types.
+
+Start: import the ``--preload`` modules (a failure is reported, never fatal), collect and
+``gc.freeze()`` the heap (forked children then do not copy the pages of those objects when the
+collector runs), and send :class:`Ready` on the control socket (fd N, an ``AF_UNIX`` ``SOCK_SEQPACKET``
+socket: one message per record).
+
+Per step the node sends one :class:`RunStep` with three file descriptors attached (the child's stdin,
+stdout and stderr pipes). The runner compiles the script once per (path, inode, size, mtime, ctime)
+and keeps the code object (and the file's sha256) in a small cache, forks, answers :class:`Started`
+(pid, sha256, fork time) and later :class:`Exited` (the raw wait status), or :class:`Refused` when it
+cannot read the script or fork. When a child exits, the runner kills what is left of its process
+group while the exited child is still an unreaped zombie (so the group id cannot have been reused),
+then reaps it.
+
+The child becomes the script as ``python <path>`` would run it: its own session and process group,
+``PR_SET_PDEATHSIG`` (it dies with the runner), the three pipes on fds 0-2 and every other fd closed,
+the limits (:func:`_apply_child_limits`), the step's environment as ``os.environ``, the working
+directory, ``sys.argv``, the script's folder first on ``sys.path``, fresh ``sys.std*`` objects, and the
+cached code executed in a new ``__main__`` module. Exit as in the interpreter: ``SystemExit`` codes,
+traceback and status 1 for an uncaught exception, non-daemon threads joined, ``atexit`` handlers run,
+stdout flushed (status 120 if that fails); then ``os._exit``: the child never returns to the runner's
+loop.
+
+End: EOF on the control socket (the node closed it, or died) makes the runner kill its children's
+process groups, reap them and exit 0. A protocol error (a message it cannot decode) is a bug: the
+runner writes it to stderr and exits 2; the node treats that as a runner death.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import importlib
+import io
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+# Modules a script commonly imports, preloaded by default (engine.preload replaces this list). With
+# pkgutil and typing: runpy-style helpers and annotations would otherwise import them in every child.
+DEFAULT_PRELOAD: tuple[str, ...] = (
+    "argparse", "base64", "collections", "csv", "dataclasses", "datetime", "enum", "functools", "hashlib",
+    "hmac", "http.client", "ipaddress", "itertools", "json", "logging", "pathlib", "pkgutil", "random", "re",
+    "shlex", "socket", "ssl", "string", "subprocess", "tempfile", "textwrap", "threading", "traceback",
+    "typing", "urllib.error", "urllib.parse", "urllib.request", "uuid",
+)  # fmt: skip
+
+CODE_CACHE_SIZE = 256  # compiled scripts kept (least recently used dropped first)
+FDS_PER_STEP = 3
+MAX_MESSAGE = 1 << 20
+PR_SET_PDEATHSIG = 1
+
+
+class RunStep(msgspec.Struct, tag="run", array_like=True):
+    """Node -> runner, with the step's stdin, stdout and stderr pipe ends attached (SCM_RIGHTS)."""
+
+    id: int
+    path: str  # the resolved script file (the node confined it to scripts_dir)
+    argv: list[str]  # sys.argv of the script
+    cwd: str
+    env: dict[str, str]  # os.environ of the script (the runner was exec'd with the same one)
+    # engine.script_limits as plain numbers (cpu_seconds, memory_mb, open_files, processes); see
+    # _apply_child_limits.
+    limits: dict[str, int] = {}
+
+
+class Ready(msgspec.Struct, tag="ready", array_like=True):
+    """Runner -> node once the preload is done and the heap frozen."""
+
+    pid: int
+    python: str  # sys.version
+    preload_failed: list[str]  # "module: error" for each module that could not be imported
+    start_ms: float  # from the runner's first line to Ready
+
+
+class Started(msgspec.Struct, tag="started", array_like=True):
+    """Runner -> node: the child of step ``id`` is ``pid`` (which is also its process group id)."""
+
+    id: int
+    pid: int
+    sha256: str  # of the script bytes that were compiled
+    fork_ms: float  # the os.fork() call in the runner
+    compiled: bool  # the script was (re)compiled for this step (not found in the code cache)
+
+
+class Exited(msgspec.Struct, tag="exited", array_like=True):
+    """Runner -> node: the child of step ``id`` was reaped; ``status`` is the raw wait status."""
+
+    id: int
+    status: int
+
+
+class Refused(msgspec.Struct, tag="refused", array_like=True):
+    """Runner -> node: step ``id`` was not started (the script could not be read, fork failed)."""
+
+    id: int
+    message: str
+
+
+FromRunner = Ready | Started | Exited | Refused
+
+
+class _Entry(msgspec.Struct):
+    key: tuple[int, int, int, int, int]
+    sha256: str
+    code: Any  # a code object, or None when the source does not compile (the child reports the error)
+    source: bytes
+
+
+def _preload(names: Sequence[str]) -> list[str]:
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # reported to the node in Ready; scripts importing it will fail on their own
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    return failed
+
+
+def _pdeathsig_setter() -> Any:
+    """A callable that sets PR_SET_PDEATHSIG to SIGKILL in the calling process, or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return lambda: libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _apply_child_limits(step: RunStep) -> None:
+    """THE call site for engine.script_limits in a warm child (setrlimit before the script runs).
+
+    ``step.limits`` carries the node's limits as plain numbers. The limits themselves are implemented
+    by ``secauto.engine.script_limits`` (issue 11 point 5); until that module is wired here, a step
+    that carries limits is refused by the node before it reaches the runner (see
+    :func:`secauto.engine.warm.WarmRunner.start_step`), so no limit is ever silently skipped.
+    """
+    if step.limits:
+        raise RuntimeError("script limits are not supported by this runner")
+
+
+def _fresh_stdio() -> None:
+    """New ``sys.std*`` objects on fds 0-2, built as the interpreter builds them at start (encoding and
+    buffering as the runner's own streams got them from the same environment)."""
+    template: Any = sys.__stdout__ or sys.stdout
+    encoding = str(getattr(template, "encoding", None) or "utf-8")
+    errors = str(getattr(template, "errors", None) or "strict")
+    buffered = not getattr(template, "write_through", False)  # -u or PYTHONUNBUFFERED: write-through
+
+    def stream(fd: int, name: str, mode: str, errs: str, line: bool) -> io.TextIOWrapper:
+        raw: Any = io.FileIO(fd, mode, closefd=False)
+        raw.name = name  # as the interpreter names them
+        buffer: Any = raw  # unbuffered stdout: writes go straight to the fd
+        if mode == "r":
+            buffer = io.BufferedReader(raw)
+        elif buffered or fd == 2:
+            buffer = io.BufferedWriter(raw)
+        return io.TextIOWrapper(buffer, encoding=encoding, errors=errs, line_buffering=line,
+                                write_through=not buffered and mode == "w")
+
+    streams: Any = sys  # the __std*__ names are Final to type checkers; the interpreter sets them like this
+    sys.stdin = streams.__stdin__ = stream(0, "<stdin>", "r", errors, False)
+    sys.stdout = streams.__stdout__ = stream(1, "<stdout>", "w", errors, False)
+    sys.stderr = streams.__stderr__ = stream(2, "<stderr>", "w", "backslashreplace", True)
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The process status for ``SystemExit`` as the interpreter computes it."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    with contextlib.suppress(Exception):  # stderr is gone: the status still says it failed
+        print(code, file=sys.stderr)
+    return 1
+
+
+def _run_main(step: RunStep, entry: _Entry) -> int:
+    """Execute the script as ``__main__`` and finalize as the interpreter does; returns the status."""
+    import atexit
+    import builtins
+    import types
+    from importlib.machinery import SourceFileLoader
+
+    main: Any = types.ModuleType("__main__")
+    main.__file__ = step.path
+    main.__cached__ = None
+    main.__builtins__ = builtins
+    main.__loader__ = SourceFileLoader("__main__", step.path)
+    main.__spec__ = None
+    sys.modules["__main__"] = main
+    sys.argv = list(step.argv)
+    sys.orig_argv = [sys.executable, *step.argv]
+    sys.path.insert(0, os.path.dirname(step.path))
+    interrupted = False
+    try:
+        code = entry.code if entry.code is not None else compile(entry.source, step.path, "exec", dont_inherit=True)
+        exec(code, main.__dict__)
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc)
+    except BaseException as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = 1
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()  # join non-daemon threads, as at exit
+    atexit._run_exitfuncs()
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except Exception:  # the interpreter's rule: a failed flush of stdout makes the status 120
+        status = 120
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except Exception:  # nothing left to report it on
+        pass
+    if interrupted:  # die of SIGINT, as the interpreter does after an uncaught KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return status
+
+
+class Runner:
+    """The runner's state and loop (see the module docstring)."""
+
+    def __init__(self, control: socket.socket, runner_pid: int) -> None:
+        self.control = control
+        self.pid = runner_pid
+        self.encoder = msgspec.msgpack.Encoder()
+        self.decoder = msgspec.msgpack.Decoder(RunStep)
+        self.cache: dict[str, _Entry] = {}
+        self.children: dict[int, int] = {}  # pid -> step id
+        self.wake_r, self.wake_w = os.pipe()
+        self.pdeathsig = _pdeathsig_setter()
+
+    def send(self, message: FromRunner) -> None:
+        self.control.send(self.encoder.encode(message))
+
+    def entry(self, path: str) -> tuple[_Entry, bool]:
+        """The cached code for ``path``, compiling it when new or changed. Raises OSError when unreadable."""
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        entry = self.cache.pop(path, None)
+        compiled = entry is None or entry.key != key
+        if entry is None or entry.key != key:
+            with open(path, "rb") as handle:
+                source = handle.read()
+            try:
+                code = compile(source, path, "exec", dont_inherit=True)
+            except (SyntaxError, ValueError):  # the child compiles again and reports it like the interpreter
+                code = None
+            entry = _Entry(key=key, sha256=hashlib.sha256(source).hexdigest(), code=code, source=source)
+            while len(self.cache) >= CODE_CACHE_SIZE:
+                self.cache.pop(next(iter(self.cache)))
+        self.cache[path] = entry  # most recently used last
+        return entry, compiled
+
+    def serve(self) -> int:
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        poller = select.poll()
+        poller.register(self.control.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                if fd == self.wake_r:
+                    try:
+                        while os.read(self.wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass  # drained
+                elif not self.receive():
+                    return self.shutdown()
+            self.reap()
+
+    def receive(self) -> bool:
+        """Handle one message; False at EOF (the node closed the socket or died)."""
+        data, ancdata, flags, _ = self.control.recvmsg(
+            MAX_MESSAGE, socket.CMSG_SPACE(FDS_PER_STEP * 4), socket.MSG_CMSG_CLOEXEC)
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                fds.extend(memoryview(payload)[:usable].cast("i"))
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        try:
+            step = self.decoder.decode(data)
+            if len(fds) != FDS_PER_STEP or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise ValueError(f"step {step.id} arrived with {len(fds)} file descriptors (flags {flags:#x})")
+        except (msgspec.DecodeError, ValueError) as exc:
+            for fd in fds:
+                os.close(fd)
+            print(f"secauto warm runner: protocol error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        try:
+            self.start(step, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def start(self, step: RunStep, fds: list[int]) -> None:
+        try:
+            entry, compiled = self.entry(step.path)
+        except OSError as exc:
+            self.send(Refused(id=step.id, message=f"cannot read the script: {exc}"))
+            return
+        t0 = time.perf_counter()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.send(Refused(id=step.id, message=f"cannot fork: {exc}"))
+            return
+        if pid == 0:
+            self.become_script(step, entry, fds)  # never returns
+        fork_ms = (time.perf_counter() - t0) * 1000
+        self.children[pid] = step.id
+        self.send(Started(id=step.id, pid=pid, sha256=entry.sha256, fork_ms=fork_ms, compiled=compiled))
+
+    def become_script(self, step: RunStep, entry: _Entry, fds: list[int]) -> None:
+        """In the forked child: set up the process and run the script; always ends with os._exit."""
+        status = 1
+        try:
+            os.setsid()
+            if self.pdeathsig is not None:
+                self.pdeathsig()
+                if os.getppid() != self.pid:  # the runner died before the setting took effect
+                    os._exit(1)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+            self.control.detach()  # closed just below; the object must never close a reused number
+            os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _apply_child_limits(step)
+            os.chdir(step.cwd)
+            os.environ.clear()
+            os.environ.update(step.env)
+            _fresh_stdio()
+            self.cache.clear()
+            status = _run_main(step, entry)
+        except BaseException as exc:  # the set-up failed: say so where the node reads the stderr tail
+            with contextlib.suppress(OSError):  # fd 2 is not usable; the status still tells
+                os.write(2, f"secauto warm runner: cannot start the script: {type(exc).__name__}: {exc}\n".encode())
+            status = 1
+        finally:
+            os._exit(status)
+
+    def reap(self) -> None:
+        """Report every exited child, after killing the rest of its process group."""
+        while self.children:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            pid = info.si_pid
+            _kill_group(pid)  # the zombie still holds its pid, so this group is still the script's
+            _, status = os.waitpid(pid, 0)
+            step_id = self.children.pop(pid, None)
+            if step_id is not None:
+                self.send(Exited(id=step_id, status=status))
+
+    def shutdown(self) -> int:
+        for pid in list(self.children):
+            _kill_group(pid)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):  # already reaped
+                os.waitpid(pid, 0)
+        self.children.clear()
+        return 0
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    t0 = time.perf_counter()
+    parser = argparse.ArgumentParser(prog="secauto-warm-runner")
+    parser.add_argument("--fd", type=int, required=True, help="the control socket (AF_UNIX, SOCK_SEQPACKET)")
+    parser.add_argument("--preload", default="", help="comma-separated modules to import before forking")
+    args = parser.parse_args(argv)
+    control = socket.socket(fileno=args.fd)
+    control.setblocking(True)
+    failed = _preload([name for name in args.preload.split(",") if name])
+    runner = Runner(control, os.getpid())
+    gc.collect()
+    gc.freeze()
+    runner.send(Ready(pid=os.getpid(), python=sys.version, preload_failed=failed,
+                      start_ms=(time.perf_counter() - t0) * 1000))
+    try:
+        return runner.serve()
+    except (BrokenPipeError, ConnectionResetError):  # the node is gone: take the children down with us
+        return runner.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
