@@ -291,7 +291,8 @@ class _Runner:
             child.on_lost(reason)
         self.inflight.clear()
         if not self.ready.done():
-            self.ready.set_exception(RunnerStartFailed(f"the runner {status} before it was ready ({how})"))
+            self.ready.set_exception(RunnerStartFailed(f"the runner ended before it was ready ({status}; {how})"))
+            self.ready.exception()  # retrieved: _launch reports it when it still waits, else nobody needs it
         self.dead.set()
         self._on_dead.set()
 

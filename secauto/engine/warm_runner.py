@@ -194,7 +194,6 @@ def _exit_status(exc: SystemExit) -> int:
 
 def _run_main(step: RunStep, entry: _Entry) -> int:
     """Execute the script as ``__main__`` and finalize as the interpreter does; returns the status."""
-    import atexit
     import builtins
     import types
     from importlib.machinery import SourceFileLoader
@@ -210,16 +209,38 @@ def _run_main(step: RunStep, entry: _Entry) -> int:
     sys.orig_argv = [sys.executable, *step.argv]
     sys.path.insert(0, os.path.dirname(step.path))
     interrupted = False
+    code = entry.code
+    if code is None:
+        try:
+            code = compile(entry.source, step.path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:  # reported as the interpreter does: no traceback header
+            sys.excepthook(type(exc), exc.with_traceback(None), None)
+            return _finalize(1)
     try:
-        code = entry.code if entry.code is not None else compile(entry.source, step.path, "exec", dont_inherit=True)
         exec(code, main.__dict__)
         status = 0
     except SystemExit as exc:
         status = _exit_status(exc)
     except BaseException as exc:
-        sys.excepthook(type(exc), exc, exc.__traceback__)
+        # The traceback starts at the script's <module>, as in the interpreter: this frame is left out.
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_frame.f_code is _run_main.__code__:
+            tb = tb.tb_next
+        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = 1
+    status = _finalize(status)
+    if interrupted:  # die of SIGINT, as the interpreter does after an uncaught KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return status
+
+
+def _finalize(status: int) -> int:
+    """What the interpreter does at exit: join non-daemon threads, run atexit handlers, flush stdout
+    (a failure makes the status 120) and stderr. Returns the final status."""
+    import atexit
+
     threading = sys.modules.get("threading")
     if threading is not None:
         threading._shutdown()  # join non-daemon threads, as at exit
@@ -229,14 +250,9 @@ def _run_main(step: RunStep, entry: _Entry) -> int:
             sys.stdout.flush()
     except Exception:  # the interpreter's rule: a failed flush of stdout makes the status 120
         status = 120
-    try:
+    with contextlib.suppress(Exception):  # nothing left to report it on
         if sys.stderr is not None:
             sys.stderr.flush()
-    except Exception:  # nothing left to report it on
-        pass
-    if interrupted:  # die of SIGINT, as the interpreter does after an uncaught KeyboardInterrupt
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
     return status
 
 
