@@ -80,12 +80,18 @@ class NodeMetrics:
                                             "replaced", registry=registry)
         self.script_runner_recycles = Gauge("secauto_script_runner_recycles", "Warm runners replaced after their "
                                             "fork budget", registry=registry)
-        self.script_runner_fork_ms = Gauge("secauto_script_runner_fork_ms", "The warm runner's os.fork() time in "
-                                           "ms over the latest 10,000 steps (NaN before the first)", ["quantile"],
-                                           registry=registry)
-        self.script_runner_start_ms = Gauge("secauto_script_runner_start_ms", "From sending a step to the warm "
-                                            "runner to its child's pid, in ms over the latest 10,000 steps",
-                                            ["quantile"], registry=registry)
+        # Over the latest 10,000 warm steps (NaN before the first): the runner's os.fork() call, and from
+        # sending a step to the runner until the child's pid came back.
+        self.script_runner_fork_p50 = Gauge("secauto_script_runner_fork_p50_seconds", "Median os.fork() time "
+                                            "in the warm runner", registry=registry)
+        self.script_runner_fork_p99 = Gauge("secauto_script_runner_fork_p99_seconds", "99th percentile os.fork() "
+                                            "time in the warm runner", registry=registry)
+        self.script_runner_start_p50 = Gauge("secauto_script_runner_start_p50_seconds", "Median time from "
+                                             "sending a step to the warm runner to its child's pid",
+                                             registry=registry)
+        self.script_runner_start_p99 = Gauge("secauto_script_runner_start_p99_seconds", "99th percentile time "
+                                             "from sending a step to the warm runner to its child's pid",
+                                             registry=registry)
         self.info = Gauge("secauto_node_info", "Constant 1, labelled with this node's id", ["node_id"],
                           registry=registry)
         self.info.labels(node_id=node_id).set(1)
@@ -107,10 +113,11 @@ class NodeMetrics:
         self.script_runner_forks.set(stats.forks)
         self.script_runner_restarts.set(stats.restarts)
         self.script_runner_recycles.set(stats.recycles)
-        for quantile, fork, start in (("0.5", stats.fork_ms_p50, stats.start_ms_p50),
-                                      ("0.99", stats.fork_ms_p99, stats.start_ms_p99)):
-            self.script_runner_fork_ms.labels(quantile=quantile).set(math.nan if fork is None else fork)
-            self.script_runner_start_ms.labels(quantile=quantile).set(math.nan if start is None else start)
+        for gauge, value in ((self.script_runner_fork_p50, stats.fork_ms_p50),
+                             (self.script_runner_fork_p99, stats.fork_ms_p99),
+                             (self.script_runner_start_p50, stats.start_ms_p50),
+                             (self.script_runner_start_p99, stats.start_ms_p99)):
+            gauge.set(math.nan if value is None else value / 1000)
 
     def render(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""
