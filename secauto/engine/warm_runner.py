@@ -375,8 +375,9 @@ class Runner:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             _apply_child_limits(step)
             os.chdir(step.cwd)
-            os.environ.clear()
-            os.environ.update(step.env)
+            if os.environ != step.env:  # normally equal: the runner was exec'd with the scripts' environment
+                os.environ.clear()
+                os.environ.update(step.env)
             _fresh_stdio()
             self.cache.clear()
             status = _run_main(step, entry)
