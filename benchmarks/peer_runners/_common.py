@@ -4,8 +4,9 @@ Each runner enqueues J jobs of one task (``noop``: return at once; ``sleep``: ``
 asyncio.sleep(0.05)``; ``script``: run ``--script`` with ``--script-python`` as its own subprocess, the
 JSON input on stdin, the same allowlisted environment SecAuto gives scripts, and parse its JSON
 stdout, as a user of that library would call a script), then runs ONE worker with the given
-concurrency in this process until every task body has returned, and prints one JSON object on stdout. Timing is taken inside the task bodies
-(first start, last end), so both sides of the comparison measure the same thing.
+concurrency in this process until every task body has returned, and prints one JSON object on
+stdout. Timing is taken inside the task bodies (first start, last end), so both sides of the
+comparison measure the same thing.
 """
 
 from __future__ import annotations
