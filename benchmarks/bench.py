@@ -814,9 +814,7 @@ def _rate_of(probe: dict[str, Any], name: str, parallel: int) -> float | None:
 
 async def compare(opts: argparse.Namespace, redis: BenchRedis, runs: list[dict[str, Any]],
                   runners: dict[str, Any] | None = None) -> dict[str, Any]:
-    tasks = [task for task in ("noop", "sleep") if task in opts.scenarios] or ["noop"]
-    if "script" in opts.scenarios:
-        tasks.append("script")
+    tasks = [task for task in ("noop", "sleep", "script") if task in opts.scenarios] or ["noop"]
     script = REPO / "automations" / str(SCRIPT_STEP["script"])
     script_args = ["--script", str(script), "--script-python", sys.executable, "--script-input",
                    json.dumps({"seq": 0, **SCRIPT_STEP["parameters"]})]  # type: ignore[dict-item]
