@@ -144,15 +144,15 @@ def _pdeathsig_setter() -> Any:
 
 
 def _apply_child_limits(step: RunStep) -> None:
-    """THE call site for engine.script_limits in a warm child (setrlimit before the script runs).
+    """THE call site for ``engine.script_limits`` in a warm child: setrlimit before the script runs.
 
-    ``step.limits`` carries the node's limits as plain numbers. The limits themselves are implemented
-    by ``secauto.engine.script_limits`` (issue 11 point 5); until that module is wired here, a step
-    that carries limits is refused by the node before it reaches the runner (see
-    :func:`secauto.engine.warm.WarmRunner.start_step`), so no limit is ever silently skipped.
+    ``step.limits`` carries the limits as plain numbers (cpu_seconds, memory_mb, open_files,
+    processes). The limits are implemented by ``secauto.engine.script_limits`` (issue 11 point 5),
+    which is not wired here yet, and the node sends none so far. Until it is, a step that does carry
+    limits fails loudly (the child exits 1 saying why) rather than running without them.
     """
     if step.limits:
-        raise RuntimeError("script limits are not supported by this runner")
+        raise RuntimeError(f"script limits {sorted(step.limits)} are not supported by this runner yet")
 
 
 def _fresh_stdio() -> None:
