@@ -19,6 +19,13 @@ cannot read the script or fork. When a child exits, the runner kills what is lef
 group while the exited child is still an unreaped zombie (so the group id cannot have been reused),
 then reaps it.
 
+To keep fork() off a step's critical path, the runner keeps one *spare*: a child forked ahead (after
+the previous step was handed over), already in its own session with PR_SET_PDEATHSIG set and every fd
+but its socket closed, waiting for a step. A step goes to the spare when no script was compiled since
+the spare was forked (its copy of the code cache has the script); otherwise the spare is discarded and
+the step's child is forked on demand. Either way the process is a fresh fork of the clean runner, used
+for one step only.
+
 The child becomes the script as ``python <path>`` would run it: its own session and process group,
 ``PR_SET_PDEATHSIG`` (it dies with the runner), the three pipes on fds 0-2 and every other fd closed,
 the limits (:func:`_apply_child_limits`), the step's environment as ``os.environ``, the working
@@ -95,7 +102,7 @@ class Started(msgspec.Struct, tag="started", array_like=True):
     id: int
     pid: int
     sha256: str  # of the script bytes that were compiled
-    fork_ms: float  # the os.fork() call in the runner
+    fork_ms: float  # the os.fork() call that made this step's process (ahead of time when it was the spare)
     compiled: bool  # the script was (re)compiled for this step (not found in the code cache)
 
 
@@ -265,7 +272,11 @@ class Runner:
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = msgspec.msgpack.Decoder(RunStep)
         self.cache: dict[str, _Entry] = {}
-        self.children: dict[int, int] = {}  # pid -> step id
+        self.children: dict[int, int | None] = {}  # pid -> step id (None: the spare, or a discarded one)
+        # A child forked ahead of the next step, waiting on its socket: (pid, socket, cache version at
+        # its fork, fork ms). Used only while no script was compiled since (its cache copy is current).
+        self.spare: tuple[int, socket.socket, int, float] | None = None
+        self.cache_version = 0
         self.wake_r, self.wake_w = os.pipe()
         self.pdeathsig = _pdeathsig_setter()
 
@@ -299,6 +310,7 @@ class Runner:
         poller = select.poll()
         poller.register(self.control.fileno(), select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
+        self.make_spare()
         while True:
             for fd, _ in poller.poll():
                 if fd == self.wake_r:
@@ -315,11 +327,7 @@ class Runner:
         """Handle one message; False at EOF (the node closed the socket or died)."""
         data, ancdata, flags, _ = self.control.recvmsg(
             MAX_MESSAGE, socket.CMSG_SPACE(FDS_PER_STEP * 4), socket.MSG_CMSG_CLOEXEC)
-        fds: list[int] = []
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(payload) - len(payload) % 4
-                fds.extend(memoryview(payload)[:usable].cast("i"))
+        fds = _received_fds(ancdata)
         if not data:
             for fd in fds:
                 os.close(fd)
@@ -334,59 +342,130 @@ class Runner:
             print(f"secauto warm runner: protocol error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         try:
-            self.start(step, fds)
+            self.start(step, data, fds)
         finally:
             for fd in fds:
                 os.close(fd)
+        # The next step's process, forked now that this step's pipes are closed here (a spare must
+        # never hold them) and its Started is sent: off the next step's critical path.
+        self.make_spare()
         return True
 
-    def start(self, step: RunStep, fds: list[int]) -> None:
+    def start(self, step: RunStep, data: bytes, fds: list[int]) -> None:
         try:
             entry, compiled = self.entry(step.path)
         except OSError as exc:
             self.send(Refused(id=step.id, message=f"cannot read the script: {exc}"))
             return
-        t0 = time.perf_counter()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            self.send(Refused(id=step.id, message=f"cannot fork: {exc}"))
-            return
-        if pid == 0:
-            self.become_script(step, entry, fds)  # never returns
-        fork_ms = (time.perf_counter() - t0) * 1000
+        if compiled:
+            self.cache_version += 1
+        pid, fork_ms = self.use_spare(data, fds)
+        if pid is None:
+            t0 = time.perf_counter()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                self.send(Refused(id=step.id, message=f"cannot fork: {exc}"))
+                return
+            if pid == 0:
+                self.become_script(step, entry, fds)  # never returns
+            fork_ms = (time.perf_counter() - t0) * 1000
         self.children[pid] = step.id
         self.send(Started(id=step.id, pid=pid, sha256=entry.sha256, fork_ms=fork_ms, compiled=compiled))
 
-    def become_script(self, step: RunStep, entry: _Entry, fds: list[int]) -> None:
-        """In the forked child: set up the process and run the script; always ends with os._exit."""
+    def use_spare(self, data: bytes, fds: list[int]) -> tuple[int | None, float]:
+        """Hand the step to the spare child when it is current (forked after the last compile, so its
+        copy of the code cache has this script); returns its pid and the time its fork took, or None."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None, 0.0
+        pid, sock, version, fork_ms = spare
+        try:
+            if version != self.cache_version:
+                raise ValueError("stale")  # its cache lacks what was compiled since
+            socket.send_fds(sock, [data], fds)
+            return pid, fork_ms
+        except (OSError, ValueError):  # a stale or dead spare: discard it (reap() collects it)
+            with contextlib.suppress(ProcessLookupError):  # our unreaped child: it exists
+                os.kill(pid, signal.SIGKILL)
+            return None, 0.0
+        finally:
+            sock.close()
+
+    def make_spare(self) -> None:
+        """Fork the process that will run the next step: set up (session, PDEATHSIG, fds) and waiting."""
+        if self.spare is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        t0 = time.perf_counter()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # no spare this time: the next step forks on demand (and reports a failure)
+            ours.close()
+            theirs.close()
+            print(f"secauto warm runner: cannot fork a spare: {exc}", file=sys.stderr, flush=True)
+            return
+        if pid == 0:
+            self.wait_as_spare(theirs)  # never returns
+        fork_ms = (time.perf_counter() - t0) * 1000
+        theirs.close()
+        self.children[pid] = None
+        self.spare = (pid, ours, self.cache_version, fork_ms)
+
+    def wait_as_spare(self, sock: socket.socket) -> None:
+        """In a spare child: prepare, wait for one step (message + three fds), run it; never returns."""
         status = 1
         try:
-            os.setsid()
-            if self.pdeathsig is not None:
-                self.pdeathsig()
-                if os.getppid() != self.pid:  # the runner died before the setting took effect
-                    os._exit(1)
-            for target, fd in enumerate(fds):
-                os.dup2(fd, target)
-            self.control.detach()  # closed just below; the object must never close a reused number
-            os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            _apply_child_limits(step)
-            os.chdir(step.cwd)
-            if os.environ != step.env:  # normally equal: the runner was exec'd with the scripts' environment
-                os.environ.clear()
-                os.environ.update(step.env)
-            _fresh_stdio()
-            self.cache.clear()
-            status = _run_main(step, entry)
-        except BaseException as exc:  # the set-up failed: say so where the node reads the stderr tail
-            with contextlib.suppress(OSError):  # fd 2 is not usable; the status still tells
-                os.write(2, f"secauto warm runner: cannot start the script: {type(exc).__name__}: {exc}\n".encode())
-            status = 1
+            self.prepare_child()
+            keep = sock.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, _max_fd())
+            data, ancdata, _, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(FDS_PER_STEP * 4))
+            fds = _received_fds(ancdata)
+            if not data or len(fds) != FDS_PER_STEP:  # retired without a step
+                os._exit(0)
+            step = self.decoder.decode(data)
+            entry = self.cache[step.path]  # the runner hands over only steps whose code this copy has
+            self.become(step, entry, fds)
+        except BaseException as exc:
+            _report_start_failure(exc)
         finally:
             os._exit(status)
+
+    def prepare_child(self) -> None:
+        """The first things a fresh fork does: its own session, death with the runner, default signals."""
+        os.setsid()
+        if self.pdeathsig is not None:
+            self.pdeathsig()
+            if os.getppid() != self.pid:  # the runner died before the setting took effect
+                os._exit(1)
+        self.control.detach()  # closed by the caller's closerange; the object must never close a reused number
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def become_script(self, step: RunStep, entry: _Entry, fds: list[int]) -> None:
+        """In a child forked for this step: set up the process and run the script; ends with os._exit."""
+        try:
+            self.prepare_child()
+            self.become(step, entry, fds)
+        except BaseException as exc:
+            _report_start_failure(exc)
+        finally:
+            os._exit(1)
+
+    def become(self, step: RunStep, entry: _Entry, fds: list[int]) -> None:
+        """Stdio on fds 0-2, every other fd closed, limits, directory, environment; run; os._exit."""
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        os.closerange(3, _max_fd())
+        _apply_child_limits(step)
+        os.chdir(step.cwd)
+        if os.environ != step.env:  # normally equal: the runner was exec'd with the scripts' environment
+            os.environ.clear()
+            os.environ.update(step.env)
+        _fresh_stdio()
+        self.cache.clear()
+        os._exit(_run_main(step, entry))
 
     def reap(self) -> None:
         """Report every exited child, after killing the rest of its process group."""
@@ -401,17 +480,46 @@ class Runner:
             _kill_group(pid)  # the zombie still holds its pid, so this group is still the script's
             _, status = os.waitpid(pid, 0)
             step_id = self.children.pop(pid, None)
+            if self.spare is not None and self.spare[0] == pid:  # the spare died (killed from outside)
+                self.spare[1].close()
+                self.spare = None
             if step_id is not None:
                 self.send(Exited(id=step_id, status=status))
 
     def shutdown(self) -> int:
+        """Kill every child (the process itself too: one forked a moment ago may not lead its group
+        yet) and its group, reap them all, return the exit status 0."""
+        if self.spare is not None:
+            self.spare[1].close()
+            self.spare = None
         for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):  # unreaped children always exist; be safe anyway
+                os.kill(pid, signal.SIGKILL)
             _kill_group(pid)
         for pid in list(self.children):
             with contextlib.suppress(ChildProcessError):  # already reaped
                 os.waitpid(pid, 0)
         self.children.clear()
         return 0
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(memoryview(payload)[:usable].cast("i"))
+    return fds
+
+
+def _max_fd() -> int:
+    return os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536
+
+
+def _report_start_failure(exc: BaseException) -> None:
+    """In a child whose set-up failed: say so on fd 2, where the node reads the stderr tail."""
+    with contextlib.suppress(OSError):  # fd 2 is not usable; the exit status still tells
+        os.write(2, f"secauto warm runner: cannot start the script: {type(exc).__name__}: {exc}\n".encode())
 
 
 def _kill_group(pgid: int) -> None:
