@@ -464,7 +464,6 @@ class Runner:
             os.environ.clear()
             os.environ.update(step.env)
         _fresh_stdio()
-        self.cache.clear()
         os._exit(_run_main(step, entry))
 
     def reap(self) -> None:
