@@ -540,6 +540,18 @@ print(json.dumps(sorted(times)))
 SPAWN_MARKER = "# secauto: runner=spawn\n"
 
 
+def _cpu_parts(pid: int | None) -> tuple[float, float]:
+    """(own, reaped children's) user + system CPU seconds of a process; zeros if it is gone."""
+    if pid is None:
+        return 0.0, 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
 def _runner_pid(node_pid: int) -> int | None:
     """The node's warm script runner: its child process running warm_runner.py."""
     try:
@@ -591,10 +603,13 @@ async def script_runners(opts: argparse.Namespace, redis: BenchRedis, workdir: P
              for mode, name in (("warm", "baseit.py"), ("spawn", "baseit_spawn.py"))}
     jobs, rounds = opts.script_jobs, opts.script_rounds
     await redis.flush()
-    nodes = NodeSet(workdir / "script-runners", redis.url, 1, concurrency=opts.concurrency,
-                    engine={"scripts_dir": str(folder)})
+    engine: dict[str, Any] = {"scripts_dir": str(folder)}
+    if opts.script_preload is not None:
+        engine["preload"] = [name for name in opts.script_preload.split(",") if name]
+    nodes = NodeSet(workdir / "script-runners", redis.url, 1, concurrency=opts.concurrency, engine=engine)
     out: dict[str, Any] = {"jobs_per_round": jobs, "rounds": rounds, "slots": opts.concurrency,
-                           "script": "automations/baseit.py", "rounds_detail": []}
+                           "script": "automations/baseit.py", "preload": engine.get("preload", "default"),
+                           "rounds_detail": []}
     try:
         await nodes.start()
         await asyncio.sleep(1.0)
@@ -610,6 +625,8 @@ async def script_runners(opts: argparse.Namespace, redis: BenchRedis, workdir: P
         for index in range(rounds):
             for mode in ("warm", "spawn"):
                 log(f"script runners: round {index + 1}/{rounds}, {mode}, backlog of {jobs} jobs")
+                runner_pid = _runner_pid(node_pid)
+                cpu_before = (*_cpu_parts(node_pid), *_cpu_parts(runner_pid), cpu_seconds(redis.pid))
                 nodes.pause()
                 try:
                     await queue_jobs_directly(redis, steps[mode], jobs)
@@ -618,6 +635,9 @@ async def script_runners(opts: argparse.Namespace, redis: BenchRedis, workdir: P
                     t_resume = time.time()
                     nodes.resume()
                 await wait_finished(redis, ids, nodes, min(opts.timeout, 60 + jobs / 5), OwnTraffic())
+                cpu_after = (*_cpu_parts(node_pid), *_cpu_parts(runner_pid), cpu_seconds(redis.pid))
+                spent = [round((after - before) / jobs * 1000, 2) for before, after in zip(cpu_before, cpu_after,
+                                                                                          strict=True)]
                 records = await fetch_jobs(redis, ids)
                 metrics = job_metrics(records, t_resume)
                 runners = Counter(str((job.get("results") or [{}])[0].get("runner")) for job in records)
@@ -627,6 +647,11 @@ async def script_runners(opts: argparse.Namespace, redis: BenchRedis, workdir: P
                 out["rounds_detail"].append({"round": index + 1, "mode": mode, "drain_rate": drain,
                                              "statuses": metrics["statuses"], "runner_recorded": dict(runners),
                                              "max_jobs_running_at_once": metrics["max_jobs_running_at_once"],
+                                             # CPU ms per job (tick resolution): the node, the scripts it
+                                             # spawned, the runner, the scripts the runner forked, Redis
+                                             "cpu_ms_per_job": dict(zip(("node", "spawned_scripts", "runner",
+                                                                         "forked_scripts", "redis"), spent,
+                                                                        strict=True)),
                                              "step_duration_ms": summary_ms(durations)})
                 if runners != Counter({mode: len(records)}):
                     raise RuntimeError(f"{mode} round ran {dict(runners)}")
@@ -954,6 +979,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--script-cost-runs", type=int,
                         help="runs of the run_script cost probe and of the idle warm/spawn overhead probe "
                              "(default 30)")
+    parser.add_argument("--script-preload",
+                        help="engine.preload of the script runner comparison's node, comma-separated "
+                             "(default: the node's default list)")
     parser.add_argument("--script-rounds", type=int, default=2,
                         help="alternating warm/spawn backlog rounds of the script runner comparison (default 2)")
     parser.add_argument("--timeout", type=float, default=300.0, help="upper bound on any one wait, seconds")

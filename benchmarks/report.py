@@ -207,6 +207,10 @@ def print_script_runners(data: dict[str, Any] | None) -> None:
     _err(f"  idle step p50: warm {_fmt(_g(idle, 'warm', 'p50'), 1)} ms, spawn {_fmt(_g(idle, 'spawn', 'p50'), 1)} ms; "
          f"script's own time p50 {_fmt(_g(data, 'script_own_time_ms', 'p50'), 2)} ms; overhead p50 warm "
          f"{_fmt(over.get('warm'), 2)} ms, spawn {_fmt(over.get('spawn'), 2)} ms")
+    for detail in data.get("rounds_detail", []):
+        cpu = detail.get("cpu_ms_per_job", {})
+        _err(f"  round {detail['round']} {detail['mode']:<5} {_fmt(detail.get('drain_rate'))}/s, CPU ms per job: "
+             + ", ".join(f"{name} {_fmt(value, 2)}" for name, value in cpu.items()))
     runner = data.get("runner", {})
     rss = data.get("rss_at_rest_mb", {})
     _err(f"  runner fork p50/p99 {_fmt(runner.get('fork_p50_ms'), 2)}/{_fmt(runner.get('fork_p99_ms'), 2)} ms, "
