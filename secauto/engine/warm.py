@@ -283,7 +283,7 @@ class _Runner:
 
     def _mark_dead(self, how: str) -> None:
         status = _describe(self.proc.returncode)
-        reason = f"the warm script runner (pid {self.pid}) died ({status}; {how}) while the script ran"
+        reason = f"failed: the warm script runner (pid {self.pid}) died ({status}; {how}) while the script ran"
         if self.inflight:
             self.log.error("warm script runner {} is gone ({}; {}): {} step(s) in flight fail", self.pid, status,
                            how, len(self.inflight))
@@ -312,7 +312,7 @@ class _Runner:
         elif isinstance(message, Refused):
             child = self.inflight.pop(message.id, None)
             if child is not None:
-                child.on_lost(f"the warm script runner could not start the script: {message.message}")
+                child.on_lost(f"could not be started by the warm script runner: {message.message}")
             self.retire_if_idle()
         elif not self.ready.done():
             self.ready.set_result(message)
