@@ -21,6 +21,13 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 import yaml
 
+from secauto.engine.script_limits import (
+    ScriptLimits,
+    ScriptUser,
+    processes_problem,
+    resolve_script_user,
+    script_user_problem,
+)
 from secauto.engine.warm_runner import DEFAULT_PRELOAD
 from secauto.schedules.spec import ScheduleSpec, definition_problems
 
@@ -159,6 +166,11 @@ class EngineConfig(_Section):
     # link-local and cloud metadata addresses, and to refuse besides them (http_deny wins).
     http_allow: list[str] = []
     http_deny: list[str] = []
+    # setrlimit in each script's process (README "Script limits"); null or absent: no limit.
+    script_limits: ScriptLimits = msgspec.field(default_factory=ScriptLimits)
+    # Run scripts as this unprivileged user (name or uid; needs a root node). Needed for
+    # script_limits.processes on a root node, where RLIMIT_NPROC does not apply.
+    script_user: str | int | None = None
 
 
 class WebhookConfig(_Section):
@@ -249,6 +261,7 @@ class Settings(msgspec.Struct, kw_only=True):
     redis: RedisTarget
     base_dir: Path  # relative engine paths resolve against this
     trusted_proxies: tuple[Network, ...] = ()  # server.trusted_proxies, parsed
+    script_user: ScriptUser | None = None  # engine.script_user, resolved
 
     @property
     def tls(self) -> bool:
@@ -518,8 +531,29 @@ def load_settings(
     return settings_from_config(config, base_dir=path.parent if path is not None else Path.cwd())
 
 
-def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
-    """Derive the runtime settings (node id, hashed keys, Redis target) from a validated Config."""
+def _script_user(engine: EngineConfig, *, euid: int) -> ScriptUser | None:
+    """``engine.script_user`` resolved, and checked together with ``engine.script_limits.processes``
+    against the uid the node runs as (``euid``). Raises :class:`ConfigError` naming the key."""
+    user = None
+    if engine.script_user is not None and engine.script_user != "":
+        try:
+            user = resolve_script_user(engine.script_user)
+        except ValueError as exc:
+            raise ConfigError(f"engine.script_user: {exc}") from None
+        problem = script_user_problem(user, euid=euid)
+        if problem:
+            raise ConfigError(f"engine.script_user: {problem}")
+    problem = processes_problem(engine.script_limits, user, euid=euid)
+    if problem:
+        raise ConfigError(f"engine.script_limits.processes: {problem}")
+    return user
+
+
+def settings_from_config(config: Config, *, base_dir: Path, euid: int | None = None) -> Settings:
+    """Derive the runtime settings (node id, hashed keys, Redis target) from a validated Config.
+
+    ``euid`` is the uid the node runs as (default: this process'); the script user and the
+    ``processes`` limit are checked against it."""
     cluster = config.cluster
     node_id = cluster.node_id or default_node_id(config.server.port)
     if not _NAME_RE.match(node_id):
@@ -548,6 +582,7 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
     except ValueError as exc:
         raise ConfigError(f"engine.{exc}") from None
     _check_schedules(config.schedules or [])
+    script_user = _script_user(config.engine, euid=os.geteuid() if euid is None else euid)
     keys = _api_keys(config.security)
     server = config.server
     if bool(server.tls_cert) != bool(server.tls_key):
@@ -573,7 +608,7 @@ def settings_from_config(config: Config, *, base_dir: Path) -> Settings:
     else:
         redis = parse_redis_url(cluster.redis_url, password=cluster.redis_password, db=cluster.redis_db)
     return Settings(config=config, node_id=node_id, api_keys=keys, generated_api_key=generated, redis=redis,
-                    base_dir=base_dir.resolve(), trusted_proxies=tuple(proxies))
+                    base_dir=base_dir.resolve(), trusted_proxies=tuple(proxies), script_user=script_user)
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str] | None = None) -> Path | None:

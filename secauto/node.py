@@ -75,7 +75,8 @@ def engine_settings(settings: Settings) -> EngineSettings:
                           python=settings.python, script_timeout=engine.script_timeout,
                           max_output_bytes=engine.max_output_bytes, script_env=dict(engine.script_env),
                           runner=engine.runner, preload=tuple(engine.preload),
-                          http_policy=http_policy(engine.http_allow, engine.http_deny))
+                          http_policy=http_policy(engine.http_allow, engine.http_deny),
+                          script_limits=engine.script_limits, script_user=settings.script_user)
 
 
 def retention_policy(settings: Settings) -> RetentionPolicy:

@@ -8,7 +8,15 @@ Whatever happens, the whole process group is sent SIGKILL when the run ends: whe
 (stragglers it left behind are killed too), when its output overflows the cap, on timeout, and when the
 calling task is cancelled (the group is killed at once, reaped, and ``CancelledError`` propagates).
 Errors: :class:`ProcessTimeout` and :class:`OutputTooLarge` (both carry the output read so far); a
-failure to start the program raises ``OSError`` from ``asyncio.create_subprocess_exec``.
+failure to start the program raises ``OSError`` from ``asyncio.create_subprocess_exec``, and so does an
+exception in ``child_setup`` (re-raised as ``OSError`` naming it; nothing was run).
+
+``child_setup``, when given, is called in the forked child before ``exec`` (``preexec_fn``): the script
+runner applies ``engine.script_limits`` and ``engine.script_user`` there
+(:func:`secauto.engine.script_limits.apply_in_child`). It must make only system calls: the node has
+threads (asyncio's child watcher, the resolver's executor), and Python code after ``fork`` must not
+need a lock another thread might hold. ``preexec_fn`` also makes the subprocess module use ``fork``
+instead of ``vfork``, so it is passed only when there is something to set up.
 
 The feeding, capture, timeout and kill logic is :func:`supervise`, which works on any :class:`Child`
 (a spawned process here, a fork of the warm script runner in :mod:`secauto.engine.warm`), so both ways
@@ -24,6 +32,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -114,16 +123,24 @@ class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
         self.exited.set()
 
 
-async def _spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None
-                 ) -> tuple[asyncio.subprocess.Process, asyncio.Event]:
+async def _spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | None,
+                 child_setup: Callable[[], None] | None = None,
+                 ) -> tuple[asyncio.subprocess.Process, asyncio.Event, asyncio.SubprocessTransport]:
     """``asyncio.create_subprocess_exec`` with pipes on all three streams, in a new session, returning
-    the process and an event set when it exits. Raises OSError when the program cannot start."""
+    the process, an event set when it exits, and its transport. Raises OSError when the program cannot
+    start or ``child_setup`` failed in the child."""
     loop = asyncio.get_running_loop()
     protocol = _ExitAwareProtocol(limit=CHUNK, loop=loop)
-    transport, _ = await loop.subprocess_exec(
-        lambda: protocol, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=dict(env), cwd=cwd, start_new_session=True)
-    return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
+    try:
+        transport, _ = await loop.subprocess_exec(
+            lambda: protocol, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=dict(env), cwd=cwd, start_new_session=True,
+            preexec_fn=child_setup)
+    except subprocess.SubprocessError as exc:
+        # The subprocess module's report of an exception raised by preexec_fn in the child (the child
+        # exited before exec); the caller handles start failures as OSError.
+        raise OSError(f"setting up the child process failed ({exc})") from None
+    return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited, transport
 
 
 
@@ -187,11 +204,19 @@ async def run_process(
     cwd: Path | None,
     time_limit: float,
     max_output_bytes: int,
+    child_setup: Callable[[], None] | None = None,
 ) -> ProcessOutcome:
-    """Run ``argv`` to completion; see the module docstring for the kill/cancel guarantees."""
-    proc, exited = await _spawn(argv, env=env, cwd=cwd)
-    return await supervise(_SpawnedChild(proc, exited), stdin=stdin, time_limit=time_limit,
-                           max_output_bytes=max_output_bytes)
+    """Run ``argv`` to completion; see the module docstring for the kill/cancel guarantees and for
+    ``child_setup`` (called in the child before exec)."""
+    proc, exited, transport = await _spawn(argv, env=env, cwd=cwd, child_setup=child_setup)
+    try:
+        return await supervise(_SpawnedChild(proc, exited), stdin=stdin, time_limit=time_limit,
+                               max_output_bytes=max_output_bytes)
+    finally:
+        # Done with the pipes: after EOF this is a no-op; after a cancellation (or reading given up on
+        # an escaped descendant) it closes them now rather than leaving the transport to wait for an
+        # EOF that may come after the event loop closed.
+        transport.close()
 
 
 async def supervise(child: Child, *, stdin: bytes, time_limit: float, max_output_bytes: int) -> ProcessOutcome:

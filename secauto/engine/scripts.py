@@ -19,6 +19,9 @@
 * **Input**: one JSON object on stdin, the context overlaid with the step's parameters.
 * **Output**: stdout must be exactly one JSON object; stdout and stderr are each capped at
   ``settings.max_output_bytes`` (a script that floods is killed and the step fails).
+* **Limits**: ``settings.script_limits`` and ``settings.script_user`` are applied in the child before
+  exec (:func:`~secauto.engine.script_limits.apply_in_child`); a script that fails on one of them gets
+  an error naming it (``exceeded engine.script_limits.cpu_seconds (2s of CPU time) and was killed``).
 
 Every failure is a :class:`~secauto.engine.errors.StepError` whose message carries the reason and the
 tail of the script's stderr. Secret values are masked in the stderr and stdout quoted there *before*
@@ -28,9 +31,10 @@ script's process group and propagates.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +42,12 @@ import msgspec
 from loguru import logger
 
 from secauto.engine.errors import StepError, short
-from secauto.engine.process import ProcessFailure, ProcessOutcome, run_process, supervise
+from secauto.engine.process import OutputTooLarge, ProcessFailure, ProcessOutcome, run_process, supervise
 from secauto.engine.results import StepNotes
+from secauto.engine.script_limits import ScriptLimits, apply_in_child, limit_exceeded, start_failure
 from secauto.engine.settings import EngineSettings
 from secauto.engine.warm import RunnerUnavailable, WarmChild
+from secauto.engine.warm_runner import START_FAILED, START_FAILED_PREFIX
 from secauto.redaction import REDACTOR
 
 if TYPE_CHECKING:
@@ -131,11 +137,42 @@ async def _start_warm(path: Path, settings: EngineSettings, env: dict[str, str],
         return None
     if wants_spawn(path):
         return None
+    limits = {key: value for key, value in msgspec.structs.asdict(settings.script_limits).items()
+              if value is not None}
+    user = settings.script_user
     try:
-        return await host.start_step(path, argv=[str(path)], cwd=path.parent, env=env, log=log)
+        return await host.start_step(path, argv=[str(path)], cwd=path.parent, env=env, limits=limits,
+                                     user=(user.uid, user.gid, user.name) if user is not None else None,
+                                     log=log)
     except RunnerUnavailable as exc:
         (log or logger).debug("script {} runs with spawn: {}", path.name, exc)
         return None
+
+
+def _start_error(name: str, settings: EngineSettings, exc: OSError) -> StepError:
+    """The step error for a script that could not start (spawn: exec or child_setup failed; warm: the
+    forked child's set-up failed), naming the limit that explains it when one does."""
+    why = start_failure(settings.script_limits, exc)
+    if why:
+        return StepError(f"script {name!r} {why}")
+    hint = ""
+    if settings.script_user is not None and isinstance(exc, PermissionError):
+        hint = (f" (engine.script_user {settings.script_user.name!r} must be able to execute the interpreter and "
+                "read the scripts folder)")
+    return StepError(f"script {name!r} could not be started with {settings.python!r}: {exc}{hint}")
+
+
+_START_FAILED_RE = re.compile(rb"\(errno (\d+)\): (.*)")
+
+
+def _warm_start_failure(stderr: bytes) -> OSError:
+    """The OSError a warm child reported when its set-up failed (see warm_runner._report_start_failure)."""
+    first = stderr[len(START_FAILED_PREFIX):].split(b"\n", 1)[0]
+    match = _START_FAILED_RE.search(first)
+    if match is None:
+        return OSError(first.decode(errors="replace").strip())
+    errno, text = int(match.group(1)), match.group(2).decode(errors="replace")
+    return OSError(errno, f"setting up the child process failed ({text})") if errno else OSError(text)
 
 
 def _tail(data: bytes) -> str:
@@ -153,6 +190,14 @@ def _head(data: bytes) -> str:
 def _with_stderr(message: str, stderr: bytes) -> str:
     tail = _tail(stderr)
     return f"{message}; stderr: {tail}" if tail else message
+
+
+def child_setup(settings: EngineSettings) -> Callable[[], None] | None:
+    """What the spawned child runs before exec: the limits and the user switch, or None (nothing set,
+    so the subprocess module keeps its faster vfork path)."""
+    if settings.script_limits == ScriptLimits() and settings.script_user is None:
+        return None
+    return functools.partial(apply_in_child, settings.script_limits, settings.script_user)
 
 
 async def run_script(
@@ -198,12 +243,23 @@ async def run_script(
                 cwd=path.parent,
                 time_limit=limit,
                 max_output_bytes=settings.max_output_bytes,
+                child_setup=child_setup(settings),
             )
     except ProcessFailure as exc:
-        raise StepError(_with_stderr(f"script {name!r} {exc}", exc.stderr)) from None
+        message = f"script {name!r} {exc}"
+        if isinstance(exc, OutputTooLarge):  # e.g. a fork bomb whose every failed fork prints a traceback
+            hit = limit_exceeded(settings.script_limits, returncode=1, stderr=exc.stderr,
+                                 tail_bytes=len(exc.stderr))
+            message = f"{message}; it {hit}" if hit else message
+        raise StepError(_with_stderr(message, exc.stderr)) from None
     except OSError as exc:
-        raise StepError(f"script {name!r} could not be started with {settings.python!r}: {exc}") from None
+        raise _start_error(name, settings, exc) from None
+    if child is not None and outcome.returncode == START_FAILED and outcome.stderr.startswith(START_FAILED_PREFIX):
+        raise _start_error(name, settings, _warm_start_failure(outcome.stderr))
     if outcome.returncode != 0:
+        hit = limit_exceeded(settings.script_limits, returncode=outcome.returncode, stderr=outcome.stderr)
+        if hit:
+            raise StepError(_with_stderr(f"script {name!r} {hit}", outcome.stderr))
         how = f"was killed by signal {-outcome.returncode}" if outcome.returncode < 0 else "exited with status"
         status = "" if outcome.returncode < 0 else f" {outcome.returncode}"
         raise StepError(_with_stderr(f"script {name!r} {how}{status}", outcome.stderr))

@@ -13,6 +13,7 @@ from typing import Literal
 import msgspec
 
 from secauto.engine.netguard import HttpPolicy
+from secauto.engine.script_limits import ScriptLimits, ScriptUser
 from secauto.engine.warm import WarmRunner
 from secauto.engine.warm_runner import DEFAULT_PRELOAD
 
@@ -32,6 +33,10 @@ class EngineSettings(msgspec.Struct, kw_only=True, frozen=True):
     preload: tuple[str, ...] = DEFAULT_PRELOAD
     # The node's live warm runner (started and stopped with the node); None: every script spawns.
     script_host: WarmRunner | None = None
+    # engine.script_limits (setrlimit in each script's process) and engine.script_user (the uid scripts
+    # run as; None: the node's own). Both runners apply them with script_limits.apply_in_child.
+    script_limits: ScriptLimits = msgspec.field(default_factory=ScriptLimits)
+    script_user: ScriptUser | None = None
     # Limits. Validation: steps in one document (nested ones included), nesting of if/foreach
     # (and of `play` at run time), the size of the context as JSON.
     max_steps: int = 1000

@@ -82,9 +82,10 @@ class RunStep(msgspec.Struct, tag="run", array_like=True):
     argv: list[str]  # sys.argv of the script
     cwd: str
     env: dict[str, str]  # os.environ of the script (the runner was exec'd with the same one)
-    # engine.script_limits as plain numbers (cpu_seconds, memory_mb, open_files, processes); see
-    # _apply_child_limits.
+    # engine.script_limits that are set (cpu_seconds, memory_mb, open_files, processes) and
+    # engine.script_user as (uid, gid, name); see _apply_child_limits.
     limits: dict[str, int] = {}
+    user: tuple[int, int, str] | None = None
 
 
 class Ready(msgspec.Struct, tag="ready", array_like=True):
@@ -150,16 +151,35 @@ def _pdeathsig_setter() -> Any:
     return lambda: libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _apply_child_limits(step: RunStep) -> None:
-    """THE call site for ``engine.script_limits`` in a warm child: setrlimit before the script runs.
+def _load_script_limits() -> Any:
+    """``secauto/engine/script_limits.py`` loaded by path (it imports only the standard library and
+    msgspec; importing the ``secauto`` package would load the node's modules into the runner)."""
+    import importlib.util
 
-    ``step.limits`` carries the limits as plain numbers (cpu_seconds, memory_mb, open_files,
-    processes). The limits are implemented by ``secauto.engine.script_limits`` (issue 11 point 5),
-    which is not wired here yet, and the node sends none so far. Until it is, a step that does carry
-    limits fails loudly (the child exits 1 saying why) rather than running without them.
-    """
-    if step.limits:
-        raise RuntimeError(f"script limits {sorted(step.limits)} are not supported by this runner yet")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "script_limits.py")
+    spec = importlib.util.spec_from_file_location("secauto_runner_script_limits", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPT_LIMITS: Any = None  # the script_limits module, loaded at start (before the heap is frozen)
+START_FAILED = 126  # a child's exit status when its set-up failed and the script never ran
+START_FAILED_PREFIX = b"secauto warm runner: cannot start the script"
+
+
+def _apply_child_limits(step: RunStep) -> None:
+    """THE call site for ``engine.script_limits`` and ``engine.script_user`` in a warm child, before any
+    script code runs: :func:`secauto.engine.script_limits.apply_in_child`, as the spawn runner does in
+    ``preexec_fn``. Raises (OSError from the kernel) when a limit or the user switch is refused; the
+    child then reports a start failure and runs nothing."""
+    if not step.limits and step.user is None:
+        return
+    limits = SCRIPT_LIMITS.ScriptLimits(**step.limits)
+    user = SCRIPT_LIMITS.ScriptUser(uid=step.user[0], gid=step.user[1], name=step.user[2]) if step.user else None
+    SCRIPT_LIMITS.apply_in_child(limits, user)
 
 
 def _fresh_stdio() -> None:
@@ -516,9 +536,13 @@ def _max_fd() -> int:
 
 
 def _report_start_failure(exc: BaseException) -> None:
-    """In a child whose set-up failed: say so on fd 2, where the node reads the stderr tail."""
+    """In a child whose set-up failed: say so on fd 2, where the node reads the stderr tail (the errno
+    first, so that the node can word it as the spawn runner words a failed start), and exit with
+    :data:`START_FAILED`."""
+    errno = exc.errno if isinstance(exc, OSError) and exc.errno is not None else 0
     with contextlib.suppress(OSError):  # fd 2 is not usable; the exit status still tells
-        os.write(2, f"secauto warm runner: cannot start the script: {type(exc).__name__}: {exc}\n".encode())
+        os.write(2, START_FAILED_PREFIX + f" (errno {errno}): {type(exc).__name__}: {exc}\n".encode())
+    os._exit(START_FAILED)
 
 
 def _kill_group(pgid: int) -> None:
@@ -535,6 +559,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     control = socket.socket(fileno=args.fd)
     control.setblocking(True)
     failed = _preload([name for name in args.preload.split(",") if name])
+    global SCRIPT_LIMITS
+    try:
+        SCRIPT_LIMITS = _load_script_limits()
+    except Exception as exc:  # reported; a step with limits then fails to start instead of running unlimited
+        failed.append(f"script_limits: {type(exc).__name__}: {exc}")
     runner = Runner(control, os.getpid())
     gc.collect()
     gc.freeze()

@@ -5,7 +5,6 @@ and its dependent's submission deterministically: before, after, and racing on t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -15,7 +14,6 @@ from msgspec import UNSET
 
 from secauto.dependencies import MAX_DEPENDENTS
 from secauto.models import Job, json_encoder, make_event, new_job_id, utc_now
-from secauto.store.connection import open_embedded
 from secauto.store.jobs import (
     DependencyRefused,
     FinishOutcome,
@@ -30,20 +28,6 @@ from secauto.store.registry import NodeRegistry
 
 CLUSTER = "deps"
 KEYS = Keys(CLUSTER)
-
-
-@pytest.fixture(params=["redis", "embedded"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis]:
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        conn = redis.asyncio.Redis.from_url(server.url)
-        await conn.flushall()
-    else:
-        conn = open_embedded()
-    try:
-        yield conn
-    finally:
-        await conn.aclose()
 
 
 def job(*parents: Job | str, policy: str = "cancel", max_retries: int = 0, **fields: Any) -> Job:

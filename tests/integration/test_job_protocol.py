@@ -4,33 +4,17 @@ embedded store: the same Lua scripts must behave the same on both."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 import redis.asyncio
 
 from secauto.models import Job, job_decoder, json_encoder, make_event, new_job_id, utc_now
-from secauto.store.connection import open_embedded
 from secauto.store.jobs import JobQueue, RequeueResult, RetentionPolicy
 from secauto.store.keys import Keys
 from secauto.store.registry import NodeRegistry
 
 CLUSTER = "proto"
-
-
-@pytest.fixture(params=["redis", "embedded"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis]:
-    if request.param == "redis":
-        server = request.getfixturevalue("redis_server")
-        conn = redis.asyncio.Redis.from_url(server.url)
-        await conn.flushall()
-    else:
-        conn = open_embedded()
-    try:
-        yield conn
-    finally:
-        await conn.aclose()
 
 
 def job(priority: int = 0, **fields: object) -> Job:

@@ -5,33 +5,18 @@ by nothing else (a retry or a handback keeps the job live)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 import redis.asyncio
 
 from secauto.models import Job, make_event, new_job_id, utc_now
-from secauto.store.connection import open_embedded
 from secauto.store.jobs import JobQueue, Quota, QuotaExceeded, RetentionPolicy
 from secauto.store.keys import Keys
 
 CLUSTER = "quota"
 KEYS = Keys(CLUSTER)
 CI = Quota(key_name="ci", max_pending=3)
-
-
-@pytest.fixture(params=["redis", "embedded"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis]:
-    if request.param == "redis":
-        conn = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_server").url)
-        await conn.flushall()
-    else:
-        conn = open_embedded()
-    try:
-        yield conn
-    finally:
-        await conn.aclose()
 
 
 def job(**fields: object) -> Job:
