@@ -1,7 +1,8 @@
 """AuditActor: writes the node's audit entries to the cluster's audit stream, in batches.
 
-The API tells it one :class:`RecordAudit` per audited request and moves on: no Redis round-trip on the
-request path. Each entry is logged at once as a ``component=audit`` line, buffered, and written with
+The API hands it each audited request's entry with :meth:`AuditActor.record`, a plain call from the
+request's task (no mailbox hop, no Redis round-trip on the request path; :class:`RecordAudit` does
+the same through the mailbox). Each entry is logged at once as a ``component=audit`` line, buffered, and written with
 the others of its batch in one script call :data:`FLUSH_DELAY_S` after the first of them
 (or as soon as :data:`FLUSH_AT` are waiting). So on a hard crash (SIGKILL, power loss) the entries of
 the last ~100 ms are missing from the stream, though not from the log; a graceful stop writes them.
@@ -23,7 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.core import Actor
+from actors.core import Actor, ActorDeadError
+from secauto.logs import LineLogger
 from secauto.metrics import NodeMetrics
 from secauto.store.audit import AuditEntry, AuditStore
 
@@ -59,10 +61,13 @@ class AuditActor(Actor):
         self.buffer: list[AuditEntry] = []
         self.flush_planned = False
         self.backing_off = False  # the last write failed: wait for the retry timer, do not flush early
+        self.flush_told = False  # record() asked for an early flush (FLUSH_AT reached); not handled yet
         self.log = logger.bind(component="audit", node_id=node_id)
+        self.lines = LineLogger(component="audit", node_id=node_id)  # the line of each entry
 
     async def on_start(self) -> None:
         self.flush_planned = False
+        self.flush_told = False
         if self.buffer:
             self._plan_flush(self.flush_delay)
 
@@ -77,24 +82,42 @@ class AuditActor(Actor):
     async def receive(self, message: Any) -> Any:
         match message:
             case RecordAudit(entry=entry):
-                self._log(entry)
-                self.buffer.append(entry)
-                if len(self.buffer) > self.max_buffered:
-                    dropped = len(self.buffer) - self.max_buffered
-                    del self.buffer[:dropped]
-                    self.metrics.audit_entries.labels(result="dropped").inc(dropped)
-                    self.log.error("audit buffer full (Redis unreachable?): dropped the {} oldest entries "
-                                   "(they are in the log)", dropped)
-                if len(self.buffer) >= FLUSH_AT and not self.backing_off:
+                if self._take(entry):
                     await self._flush()
-                elif not self.flush_planned:
-                    self._plan_flush(self.flush_delay)
             case FlushAudit():
+                self.flush_told = False
                 if self.buffer:
                     await self._flush()
             case _:
                 raise TypeError(f"audit got an unexpected message {message!r}")
         return None
+
+    def record(self, entry: AuditEntry) -> None:
+        """Log ``entry`` at once and buffer it for the next write, in the caller's task (the API's audit
+        middleware). Raises ActorDeadError once the actor is stopping or stopped (nothing would write
+        the buffer any more): the caller keeps the entry as a log line of its own."""
+        if not self.ref.is_alive:
+            raise ActorDeadError("the audit actor is stopped")
+        if self._take(entry) and not self.flush_told:
+            self.flush_told = True
+            self.ref.tell(FlushAudit())  # the write itself runs in the actor's task
+
+    def _take(self, entry: AuditEntry) -> bool:
+        """Log and buffer ``entry`` (dropping the oldest beyond ``max_buffered``) and plan the flush;
+        True when the buffer should be written now (FLUSH_AT reached and Redis not failing)."""
+        self._log(entry)
+        self.buffer.append(entry)
+        if len(self.buffer) > self.max_buffered:
+            dropped = len(self.buffer) - self.max_buffered
+            del self.buffer[:dropped]
+            self.metrics.audit_entries.labels(result="dropped").inc(dropped)
+            self.log.error("audit buffer full (Redis unreachable?): dropped the {} oldest entries "
+                           "(they are in the log)", dropped)
+        if len(self.buffer) >= FLUSH_AT and not self.backing_off:
+            return True
+        if not self.flush_planned:
+            self._plan_flush(self.flush_delay)
+        return False
 
     def _plan_flush(self, delay: float) -> None:
         self.flush_planned = True
@@ -123,6 +146,6 @@ class AuditActor(Actor):
         self.metrics.audit_entries.labels(result="written").inc(len(batch))
 
     def _log(self, entry: AuditEntry) -> None:
-        self.log.bind(actor=entry.actor, role=entry.role, action=entry.action, target=entry.target,
-                      source_ip=entry.source_ip, outcome=entry.outcome, status=entry.status).info(
-            "audit: {} {} by {} -> {}", entry.action, entry.target or "-", entry.actor or "(no key)", entry.status)
+        self.lines.info("audit: {} {} by {} -> {}", entry.action, entry.target or "-", entry.actor or "(no key)",
+                      entry.status, actor=entry.actor, role=entry.role, action=entry.action, target=entry.target,
+                      source_ip=entry.source_ip, outcome=entry.outcome, status=entry.status)

@@ -1,8 +1,8 @@
 """DispatcherActor: accepts submissions and claims work for this node while it has free slots.
 
-Submissions do not wait in the mailbox for Redis: ``SubmitJobs`` hands them to the
-:class:`~actors.submit_writer.SubmitWriter` (a tracked task of this actor) and answers a future at
-once, so they never queue behind a claim, and concurrent ones share one script call.
+Submissions do not pass through the mailbox: the API hands them to the dispatcher's
+:class:`~actors.submit_writer.SubmitWriter` (``submissions``, run as a tracked task of this actor)
+directly, so they never queue behind a claim, and concurrent ones share one script call.
 
 It wakes on the control channel's ``wake`` (published when jobs are submitted, retried or requeued),
 when the executor frees slots, and on a slow poll that only covers lost notifications. It never claims
@@ -42,7 +42,6 @@ from actors.messages import (
     RunJobs,
     StopAttempts,
     StopClaiming,
-    SubmitJobs,
     Wake,
 )
 from actors.submit_writer import SubmitWriter
@@ -101,8 +100,6 @@ class DispatcherActor(Actor):
                 # Freed slots are refilled by one claim for all the jobs that ended meanwhile.
                 self.in_flight -= count
                 self._request_wake()
-            case SubmitJobs(jobs=jobs, delays_ms=delays_ms, quota=quota):
-                return self.submissions.add(jobs, delays_ms, quota)
             case GetJob(job_id=job_id):
                 return await self.ctx.queue.get_raw(job_id)
             case GetDependencyState(job_id=job_id, depends_on=depends_on):

@@ -45,6 +45,7 @@ from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError
 from actors.messages import ExecutorStats, GetStats, HandBack, JobsFinished, RunJobs, StopAttempts
 from secauto.engine import PlaybookInvalid, run_playbook
+from secauto.logs import LineLogger
 from secauto.models import Attempt, Job, dependency_outcome_decoder, json_encoder, make_event, utc_now
 from secauto.redaction import MASK, REDACTOR, Redactor
 from secauto.store.jobs import FinishOutcome, FinishRequest
@@ -88,6 +89,7 @@ class ExecutorActor(Actor):
         self._finishing: set[str] = set()  # attempts whose end is being written (their lease may be gone)
         self._recovered_previous_run = False
         self.log = logger.bind(component="executor", node_id=ctx.node_id)
+        self.lines = LineLogger(component="executor", node_id=ctx.node_id)  # a job's start and end
 
     async def on_start(self) -> None:
         await self._recover_previous_incarnation()
@@ -195,7 +197,7 @@ class ExecutorActor(Actor):
         started = time.monotonic()
         outcome: str | None = None
         try:
-            log.info("Job started (attempt {})", job.attempt)
+            self.lines.info("Job started (attempt {})", job.attempt, job_id=job.id)
             self.ctx.metrics.queue_wait.observe(max(0.0, time.time() - job.enqueued_at / 1000))
             dependencies = await self._dependencies(job) if job.depends_on else None
             final, result = await self._execute(job, seconds=timeout, dependencies=dependencies)
@@ -204,8 +206,8 @@ class ExecutorActor(Actor):
             if written:
                 self._count(final, result, time.monotonic() - started)
                 ended = {"completed": "completed", "retry": "failed, retry scheduled", "dead": "failed"}[result]
-                log.info("Job {} in {:.3f}s{}", ended, time.monotonic() - started,
-                         f" ({final.error})" if final.error else "")
+                self.lines.info("Job {} in {:.3f}s{}", ended, time.monotonic() - started,
+                                f" ({final.error})" if final.error else "", job_id=job.id)
             else:
                 log.warning("result refused: this node no longer holds attempt {}", job.attempt)
         except Exception:

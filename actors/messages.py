@@ -6,21 +6,9 @@ import msgspec
 
 from secauto.models import Job, NodeInfo
 from secauto.schedules.definition import ScheduleRecord
-from secauto.store.jobs import Quota
 
 
 # --- Dispatcher ---------------------------------------------------------------------------------
-class SubmitJobs(msgspec.Struct, frozen=True):
-    """Ask: store and queue jobs (each after its delay, in ms). Answers at once with an
-    ``asyncio.Future[None]`` that resolves when they are stored (see actors/submit_writer.py), or fails
-    with the Redis error, ``QuotaExceeded`` (nothing stored) when the submitting key's ``quota`` has no
-    room for them, or ``ActorDeadError`` if the dispatcher stops first."""
-
-    jobs: list[Job]
-    delays_ms: list[int] | None = None
-    quota: Quota | None = None
-
-
 class GetJob(msgspec.Struct, frozen=True):
     """Ask: the stored JSON of a job (bytes) or None."""
 

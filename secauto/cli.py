@@ -53,7 +53,7 @@ def _load(config: str | None, overrides: CliOverrides | None = None) -> Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from secauto.logs import configure_logging
+    from secauto.logs import configure_logging, flush_logs
     from secauto.node import Node
 
     settings = _load(args.config, CliOverrides(host=args.host, port=args.port, node_id=args.node_id))
@@ -76,7 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         return await node.run_until_stopped()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        flush_logs()  # the lines of the loop's last iterations (a crash's too)
 
 
 def _engine(settings: Settings) -> Any:

@@ -193,7 +193,8 @@ class Node:
         audit_store = AuditStore(self.redis, keys, retention_s=security.audit_retention,
                                  max_entries=security.audit_max_entries)
         # First spawned, last stopped: the API records and authenticates until it is down.
-        await self.system.spawn(AuditActor(settings.node_id, audit_store, self.metrics), name="audit")
+        audit = AuditActor(settings.node_id, audit_store, self.metrics)
+        await self.system.spawn(audit, name="audit")
         await self.system.spawn(KeysActor(settings.node_id, key_store, self.keyring), name="keys")
         queue = JobQueue(self.redis, keys, retention_policy(settings), dispatch_policy(settings))
         secret_key = settings.config.security.secret_key
@@ -202,7 +203,8 @@ class Node:
                           port=self.port, started_at=utc_now(), queue=queue, registry=NodeRegistry(self.redis, keys),
                           engine=engine, metrics=self.metrics, vault=vault)
         await self.system.spawn(ExecutorActor(ctx), name="executor")
-        await self.system.spawn(DispatcherActor(ctx), name="dispatcher")
+        dispatcher = DispatcherActor(ctx)
+        await self.system.spawn(dispatcher, name="dispatcher")
         await self.system.spawn(DiscoveryActor(ctx), name="discovery")
         await self.system.spawn(HeartbeatActor(ctx), name="heartbeat")
         webhook_store = WebhookStore(self.redis, keys)
@@ -217,7 +219,7 @@ class Node:
         events = EventSource(self.redis, keys.channel)
         app = create_app(settings, self.system, engine, self.metrics, events, webhook_store, vault,
                          cluster_mode=self.cluster_mode, keyring=self.keyring, key_store=key_store,
-                         audit_store=audit_store)
+                         audit_store=audit_store, submissions=dispatcher.submissions, audit=audit)
         ui = settings.config.ui
         if ui.enabled:
             sessions = SessionStore(self.redis, keys, idle_s=ui.session_idle, max_s=ui.session_max)

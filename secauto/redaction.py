@@ -276,7 +276,9 @@ def _masked_exception(value: BaseException, redactor: Redactor) -> RedactedError
     return None
 
 
-def _patch_record(record: Any) -> None:
+def patch_record(record: Any) -> None:
+    """Mask secret values in a loguru record (or a dict with its ``message``, ``extra`` and
+    ``exception``), in place."""
     redactor = REDACTOR
     if not redactor.active:
         return
@@ -301,4 +303,4 @@ def install_log_redaction() -> None:
     Idempotent; it replaces any other patcher configured with ``logger.configure``."""
     from loguru import logger
 
-    logger.configure(patcher=_patch_record)
+    logger.configure(patcher=patch_record)

@@ -11,7 +11,9 @@ import asyncio
 
 from aiohttp import web
 
+from actors.audit import AuditActor
 from actors.core import ActorSystem
+from actors.submit_writer import SubmitWriter
 from secauto.api.limits import RateLimiter
 from secauto.api.middlewares import (
     audit_middleware,
@@ -25,6 +27,7 @@ from secauto.api.roles import declared_role
 from secauto.api.routes import route_table
 from secauto.api.spec import declared_operation
 from secauto.api.state import (
+    AUDIT_LOG,
     AUDIT_STORE,
     CLUSTER_MODE,
     ENGINE,
@@ -34,6 +37,7 @@ from secauto.api.state import (
     METRICS,
     RATE_LIMITER,
     SETTINGS,
+    SUBMISSIONS,
     SYNC_SLOTS,
     SYSTEM,
     VAULT,
@@ -52,11 +56,14 @@ from secauto.vault import SecretVault
 
 def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, metrics: NodeMetrics,
                events: EventSource, webhook_store: WebhookStore, vault: SecretVault, *, cluster_mode: bool,
-               keyring: KeyRing, key_store: KeyStore, audit_store: AuditStore) -> web.Application:
+               keyring: KeyRing, key_store: KeyStore, audit_store: AuditStore, submissions: SubmitWriter,
+               audit: AuditActor) -> web.Application:
     """Build the application. Raises RuntimeError if a route has no declared role or operation.
 
     The actor system must hold the ``keys`` and ``audit`` actors besides the others (the API asks the
-    first to reload after a key change and tells the second every audit entry)."""
+    first to reload after a key change and asks the second to flush before listing the trail).
+    ``submissions`` is the dispatcher's submit writer and ``audit`` the audit actor (spawned): the
+    submit routes and the audit middleware call them directly."""
     app = web.Application(middlewares=[metrics_middleware, audit_middleware, redaction_middleware, error_middleware,
                                        auth_middleware],
                           client_max_size=settings.config.server.max_body_bytes)
@@ -72,6 +79,8 @@ def create_app(settings: Settings, system: ActorSystem, engine: EngineSettings, 
     app[KEYRING] = keyring
     app[KEY_STORE] = key_store
     app[AUDIT_STORE] = audit_store
+    app[SUBMISSIONS] = submissions
+    app[AUDIT_LOG] = audit
     app[RATE_LIMITER] = RateLimiter(settings.config.security.rate_limit)
     app[SYNC_SLOTS] = asyncio.Semaphore(settings.config.cluster.max_concurrent_jobs)
     for method, path, handler in route_table():

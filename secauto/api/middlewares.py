@@ -7,8 +7,9 @@ the security headers added to every answer.
   from the route's declaration: handlers do nothing for it.
 * :func:`redaction_middleware` masks secret values (``***``) in every JSON answer, errors included.
 * :func:`error_middleware` turns every failure into the JSON error body of the README ("HTTP API"): an
-  ApiError as it is, aiohttp's own HTTP errors with our codes, Redis outages and busy or stopping
-  actors as 503 with Retry-After, anything else as a logged 500 without a traceback in the answer.
+  ApiError as it is, aiohttp's own HTTP errors with our codes, Redis outages (and writes refused by a
+  Redis that became a replica) and busy or stopping actors as 503 with Retry-After, anything else as a
+  logged 500 without a traceback in the answer.
 * :func:`auth_middleware` checks the API key, the role the matched route declares and the key's rate
   limit.
 * :func:`security_headers` (an ``on_response_prepare`` hook, so it also covers streamed answers and
@@ -24,9 +25,9 @@ import asyncio
 from aiohttp import web
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from actors.audit import RecordAudit
 from actors.core import ActorDeadError, AskTimeoutError, MailboxFullError
 from secauto.api.auth import allows, presented_key
 from secauto.api.errors import HTTP_CODES, RETRY_AFTER_S, ApiError, error_response
@@ -34,6 +35,7 @@ from secauto.api.peers import request_address
 from secauto.api.roles import METRICS_ROLE, PUBLIC, declared_role
 from secauto.api.spec import Handler, declared_audit
 from secauto.api.state import (
+    AUDIT_LOG,
     AUDIT_TARGET,
     CALLER,
     IDENTITY,
@@ -41,7 +43,6 @@ from secauto.api.state import (
     METRICS,
     RATE_LIMITER,
     SETTINGS,
-    SYSTEM,
 )
 from secauto.keyring import digest_of
 from secauto.models import utc_now
@@ -97,6 +98,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         logger.bind(component="api").warning("Redis unavailable during {} {}: {}", request.method, request.path, exc)
         return error_response(ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry later",
                                        headers={"Retry-After": RETRY_AFTER_S}))
+    except ReadOnlyError as exc:
+        # A write reached a server that is now a replica (a failover, or an operator's REPLICAOF):
+        # transient like an outage, so the client retries instead of seeing a 500.
+        logger.bind(component="api").warning("Redis read-only during {} {}: {}", request.method, request.path, exc)
+        return error_response(ApiError(503, "unavailable", "the job store (Redis) is read-only (a failover is "
+                                       "under way?); retry later", headers={"Retry-After": RETRY_AFTER_S}))
     except (ActorDeadError, AskTimeoutError):
         return error_response(ApiError(503, "unavailable", "the node is busy or shutting down; retry later",
                                        headers={"Retry-After": RETRY_AFTER_S}))
@@ -203,8 +210,8 @@ def _record(request: web.Request, action: str, status: int) -> None:
                        source_ip=request_address(request, settings.trusted_proxies),
                        outcome="success" if status < 400 else "failure", status=status, node_id=settings.node_id)
     try:
-        request.app[SYSTEM].get("audit").tell(RecordAudit(entry))
-    except (KeyError, ActorDeadError, MailboxFullError) as exc:
+        request.app[AUDIT_LOG].record(entry)
+    except (ActorDeadError, MailboxFullError) as exc:
         # Stopping, or a flood while Redis is down: the entry survives as this log line only.
         request.app[METRICS].audit_entries.labels(result="dropped").inc()
         logger.bind(component="audit", node_id=settings.node_id, actor=entry.actor, role=entry.role,

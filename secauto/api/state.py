@@ -13,7 +13,9 @@ import msgspec
 from aiohttp import web
 from redis.asyncio import Redis
 
+from actors.audit import AuditActor
 from actors.core import ActorSystem
+from actors.submit_writer import SubmitWriter
 from secauto.api.limits import RateLimiter
 from secauto.config import ApiKey, Settings
 from secauto.engine import EngineSettings
@@ -40,6 +42,10 @@ METRICS = web.AppKey("metrics", NodeMetrics)
 EVENTS = web.AppKey("events", EventSource)
 WEBHOOKS = web.AppKey("webhook_store", WebhookStore)
 VAULT = web.AppKey("vault", SecretVault)
+# The dispatcher's submit writer: the submit routes hand it their jobs directly (no actor mailbox hop).
+SUBMISSIONS = web.AppKey("submissions", SubmitWriter)
+# The audit actor: the audit middleware hands it each entry directly (AuditActor.record).
+AUDIT_LOG = web.AppKey("audit_log", AuditActor)
 # Synchronous playbook runs (POST /playbook) in progress on this node: at most max_concurrent_jobs.
 SYNC_SLOTS = web.AppKey("sync_slots", asyncio.Semaphore)
 

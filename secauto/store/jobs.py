@@ -19,7 +19,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from secauto.dependencies import MAX_DEPENDENTS
 from secauto.models import Event, Job, JobStatus, job_decoder, json_encoder, utc_now
 from secauto.store.keys import RECENT_MAX, Keys
-from secauto.store.scripts import Scripts, lua_constants, run_pipelined
+from secauto.store.scripts import Scripts, lua_constants, run_pipelined, run_script
 
 FinishOutcome = Literal["completed", "retry", "dead"]
 
@@ -184,7 +184,7 @@ class JobQueue:
 
     async def _submit(self, keys: list[Any], args: list[Any], durable_replicas: int, durable_timeout_ms: int) -> int:
         if not durable_replicas:
-            return _stored(await self._scripts.submit(keys=keys, args=args))
+            return _stored(await run_script(self.redis, self._scripts.submit, keys, args))
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._scripts.submit(keys=keys, args=args, client=pipe)
@@ -214,12 +214,13 @@ class JobQueue:
         exactly ``max_jobs`` slots free).
         """
         slots = capacity if capacity is not None else running + max(0, max_jobs)
-        records, recheck = await self._scripts.claim(
-            keys=[self.keys.queue, self.keys.running, self.keys.delayed, self.keys.sequence, self.keys.load,
-                  self.keys.capacity, self.keys.tag_running],
-            args=[node_id, max(0, max_jobs), lease_ms, utc_now(), self.keys.job_prefix, self.keys.channel,
-                  self.keys.node_prefix, self.dispatch.dispatch_wait_ms, self.dispatch.affinity_wait_ms, slots,
-                  running, *self._tag_args],
+        records, recheck = await run_script(
+            self.redis, self._scripts.claim,
+            [self.keys.queue, self.keys.running, self.keys.delayed, self.keys.sequence, self.keys.load,
+             self.keys.capacity, self.keys.tag_running],
+            [node_id, max(0, max_jobs), lease_ms, utc_now(), self.keys.job_prefix, self.keys.channel,
+             self.keys.node_prefix, self.dispatch.dispatch_wait_ms, self.dispatch.affinity_wait_ms, slots,
+             running, *self._tag_args],
         )
         wait = int(recheck)
         return [job_decoder.decode(record) for record in records], (None if wait < 0 else wait)

@@ -298,3 +298,26 @@ async def test_affinity_jobs_are_claimed(client: redis.asyncio.Redis) -> None:
     sticky = job(affinity="customer-1")
     await submit(queue, sticky)
     assert [claimed.id for claimed in await queue.claim("solo", 1, 30_000)] == [sticky.id]
+
+
+async def test_the_packed_submit_and_claim_survive_a_flushed_script_cache_and_report_script_errors(
+        client: redis.asyncio.Redis) -> None:
+    """submit and claim go out as one pre-packed EVALSHA (secauto.store.scripts.run_script): after the
+    script cache is flushed (a Redis restart) they load the script and run it once; a script's own
+    error is raised as with redis-py's Script."""
+    from redis.exceptions import ResponseError
+
+    from secauto.store.scripts import run_script
+
+    queue = JobQueue(client, Keys(CLUSTER))
+    first = job()
+    assert await queue.submit([first], [make_event("job.submitted", job_id=first.id)]) == 1
+    await client.script_flush()
+    second = job()
+    assert await queue.submit([second], [make_event("job.submitted", job_id=second.id)]) == 1
+    claimed = await queue.claim("n1", 5, 30_000)
+    assert sorted(j.id for j in claimed) == sorted([first.id, second.id])  # each stored once
+    failing = client.register_script("return redis.error_reply('refused here')")
+    with pytest.raises(ResponseError, match="refused here"):
+        await run_script(client, failing, [], [])
+    assert await run_script(client, client.register_script("return ARGV[1] .. KEYS[1]"), ["k"], [b"v", 7]) == b"vk"

@@ -397,3 +397,31 @@ async def test_handlers_cannot_drift_from_their_declarations() -> None:
             response = await client.post(path, json={})
             assert response.status == 500, path
             assert (await response.json())["error"]["code"] == "internal_error"
+
+
+async def test_redis_outage_and_read_only_replica_answer_503_with_retry_after() -> None:
+    """A Redis that is unreachable, or that became a replica under a write (failover), is a 503 the
+    client retries after Retry-After, never a 500."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ReadOnlyError
+
+    from secauto.api.middlewares import error_middleware
+
+    async def down(request: web.Request) -> web.StreamResponse:
+        raise RedisConnectionError("Connection refused")
+
+    async def read_only(request: web.Request) -> web.StreamResponse:
+        raise ReadOnlyError("You can't write against a read only replica.")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_post("/down", down)
+    app.router.add_post("/read-only", read_only)
+    async with TestClient(TestServer(app)) as client:
+        for path, words in (("/down", "unreachable"), ("/read-only", "read-only")):
+            response = await client.post(path)
+            body = await response.json()
+            assert response.status == 503, path
+            assert int(response.headers["Retry-After"]) >= 1
+            assert body["error"]["code"] == "unavailable" and words in body["error"]["message"]

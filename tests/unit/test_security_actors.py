@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 
 from actors.audit import FLUSH_AT, AuditActor, FlushAudit, RecordAudit
-from actors.core import ActorSystem
+from actors.core import ActorDeadError, ActorSystem
 from actors.keys import CheckKeys, KeysActor, ReloadKeys
 from secauto.config import ApiKey
 from secauto.keyring import KeyRing, digest_of
@@ -96,6 +97,34 @@ async def test_audit_buffer_is_bounded_and_drops_the_oldest() -> None:
         await ref.ask(FlushAudit())
         assert [e.target for e in store.stored] == [f"job-{n}" for n in range(15, 25)]
     finally:
+        await system.stop()
+
+
+async def test_record_called_directly_buffers_logs_and_flushes_at_flush_at_and_refuses_once_stopped() -> None:
+    """The API's middleware calls AuditActor.record (no mailbox hop): entries are written in order, a
+    full buffer is written at once (not after flush_delay), and a stopped actor refuses with
+    ActorDeadError (the middleware then keeps the entry as a log line)."""
+    from loguru import logger
+
+    store, metrics = FlakyAuditStore(failures=0), NodeMetrics("n")
+    system = ActorSystem("t")
+    actor = AuditActor("n", store, metrics, flush_delay=60, retry_delay=60)  # type: ignore[arg-type]
+    await system.spawn(actor, name="audit")
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
+    try:
+        for n in range(FLUSH_AT):
+            actor.record(entry(n))
+        assert len(lines) == FLUSH_AT and lines[0] == "audit: job.submit job-0 by ops -> 200"  # logged at once
+        await wait_for(lambda: len(store.stored) == FLUSH_AT)  # long before flush_delay
+        assert [e.target for e in store.stored] == [f"job-{n}" for n in range(FLUSH_AT)]
+        actor.record(entry(FLUSH_AT))
+        await system.stop()  # a graceful stop writes what is buffered
+        assert store.stored[-1].target == f"job-{FLUSH_AT}"
+        with pytest.raises(ActorDeadError):
+            actor.record(entry(0))
+    finally:
+        logger.remove(sink)
         await system.stop()
 
 

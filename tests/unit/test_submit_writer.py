@@ -116,6 +116,24 @@ async def test_stopping_fails_what_is_not_stored(writer: Any) -> None:
             await future
 
 
+async def test_a_stopped_writer_refuses_new_submissions_until_it_runs_again(writer: Any) -> None:
+    """The API calls add() directly: once the dispatcher stopped its writer, a submission is refused at
+    once (503 for the client) rather than left waiting; a restarted writer takes them again."""
+    submit_writer, queue, task = writer
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    with pytest.raises(ActorDeadError):
+        submit_writer.add([job()])
+    restarted = asyncio.create_task(submit_writer.run())
+    try:
+        await asyncio.sleep(0)
+        await submit_writer.add([job()])
+        assert len(queue.calls) == 1
+    finally:
+        restarted.cancel()
+        await asyncio.gather(restarted, return_exceptions=True)
+
+
 async def test_a_request_that_gave_up_does_not_break_the_others(writer: Any) -> None:
     submit_writer, queue, _ = writer
     queue.gate.clear()
@@ -162,3 +180,26 @@ async def test_a_submission_with_dependencies_has_a_call_of_its_own(writer: Any)
     await asyncio.gather(first, *before, alone, *after)
     assert [len(ids) for ids, _, _ in queue.calls] == [1, 3, 1, 2]
     assert queue.calls[2][0] == [dependent.id]
+
+
+async def test_a_submission_not_stored_in_time_answers_503_and_the_writer_goes_on(writer: Any) -> None:
+    """store_jobs bounds the wait (AskTimeoutError: 503 with Retry-After); the writer later finds the
+    request's future done and skips it, and stores what comes next."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from actors.core import AskTimeoutError
+    from secauto.api.cluster import store_jobs
+    from secauto.api.state import METRICS, SUBMISSIONS
+
+    submit_writer, queue, _ = writer
+    queue.gate.clear()
+    app = web.Application()
+    app[SUBMISSIONS] = submit_writer
+    app[METRICS] = NodeMetrics("n1")
+    request = make_mocked_request("POST", "/cluster/jobs", app=app)
+    with pytest.raises(AskTimeoutError, match=r"not stored within 0\.05s"):
+        await store_jobs(request, [job()], [0], timeout=0.05)
+    queue.gate.set()
+    await store_jobs(request, [job()], [0], timeout=5.0)
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 1]
