@@ -522,6 +522,187 @@ async def script_cost(opts: argparse.Namespace, redis: BenchRedis, workdir: Path
     return out
 
 
+# The script's own work, timed in a warm interpreter: its compiled code exec'd N times with stdin/stdout in
+# memory (the first run, which imports its modules, is left out). argv: script, runs, stdin JSON.
+OWN_TIME_HARNESS = """
+import io, json, sys, time
+path, runs, data = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+code = compile(open(path, "rb").read(), path, "exec", dont_inherit=True)
+times = []
+real_stdin, real_stdout = sys.stdin, sys.stdout
+for index in range(runs + 1):
+    sys.stdin, sys.stdout = io.TextIOWrapper(io.BytesIO(data)), io.StringIO()
+    t0 = time.perf_counter()
+    try:
+        exec(code, {"__name__": "__main__", "__file__": path})
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise
+    elapsed = (time.perf_counter() - t0) * 1000
+    json.loads(sys.stdout.getvalue())
+    if index:
+        times.append(elapsed)
+sys.stdin, sys.stdout = real_stdin, real_stdout
+print(json.dumps(sorted(times)))
+"""
+SPAWN_MARKER = "# secauto: runner=spawn\n"
+
+
+def _cpu_parts(pid: int | None) -> tuple[float, float]:
+    """(own, reaped children's) user + system CPU seconds of a process; zeros if it is gone."""
+    if pid is None:
+        return 0.0, 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _runner_pid(node_pid: int) -> int | None:
+    """The node's warm script runner: its child process running warm_runner.py."""
+    try:
+        children = Path(f"/proc/{node_pid}/task/{node_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            if b"warm_runner.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+        except OSError:
+            continue
+    return None
+
+
+async def _runner_metrics(url: str) -> dict[str, float]:
+    """The node's secauto_script_runner_* gauges (fork/start percentiles converted to ms)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        text = await response.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("secauto_script_runner_"):
+            name, _, value = line.partition(" ")
+            number = float(value)
+            if name.endswith("_seconds"):
+                name, number = name.removesuffix("_seconds") + "_ms", round(number * 1000, 3)
+            out[name.removeprefix("secauto_script_runner_")] = number
+    return out
+
+
+async def script_runners(opts: argparse.Namespace, redis: BenchRedis, workdir: Path) -> dict[str, Any]:
+    """Warm vs spawn side by side on ONE node in one run: the same script twice in the node's scripts
+    folder, ``baseit.py`` (warm) and ``baseit_spawn.py`` (the same file opting out with
+    ``# secauto: runner=spawn``, so it is spawned). Alternating rounds of a backlog of ``--script-jobs``
+    one-step jobs per mode drained by the node's ``--concurrency`` slots (drain rate = jobs / (last
+    completed_at - first started_at)); then single jobs one at a time, interleaved, for the per-step
+    overhead (step duration_ms minus the script's own time, timed in a warm interpreter). Node and runner
+    RSS at rest and after; the runner's fork latency from /metrics."""
+    folder = workdir / "runner-scripts"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = (REPO / "automations" / "baseit.py").read_text()
+    (folder / "baseit.py").write_text(source)
+    (folder / "baseit_spawn.py").write_text(SPAWN_MARKER + source)
+    params = SCRIPT_STEP["parameters"]
+    steps = {mode: [{"action": "run_script", "script": name, "parameters": params}]
+             for mode, name in (("warm", "baseit.py"), ("spawn", "baseit_spawn.py"))}
+    jobs, rounds = opts.script_jobs, opts.script_rounds
+    await redis.flush()
+    engine: dict[str, Any] = {"scripts_dir": str(folder)}
+    if opts.script_preload is not None:
+        engine["preload"] = [name for name in opts.script_preload.split(",") if name]
+    nodes = NodeSet(workdir / "script-runners", redis.url, 1, concurrency=opts.concurrency, engine=engine)
+    out: dict[str, Any] = {"jobs_per_round": jobs, "rounds": rounds, "slots": opts.concurrency,
+                           "script": "automations/baseit.py", "preload": engine.get("preload", "default"),
+                           "rounds_detail": []}
+    try:
+        await nodes.start()
+        await asyncio.sleep(1.0)
+        node_pid = nodes.pids[0]
+        runner = _runner_pid(node_pid)
+        if runner is None:
+            raise RuntimeError("the node has no warm runner process (is engine.runner warm?)")
+        node_rss, runner_rss = proc_status(node_pid).get("VmRSS", 0), proc_status(runner).get("VmRSS", 0)
+        out["rss_at_rest_mb"] = {"node": round(node_rss / 1024, 1), "runner": round(runner_rss / 1024, 1),
+                                 "together": round((node_rss + runner_rss) / 1024, 1)}
+        best: dict[str, float] = {}
+        step_ms: dict[str, list[float]] = {"warm": [], "spawn": []}
+        for index in range(rounds):
+            for mode in ("warm", "spawn"):
+                log(f"script runners: round {index + 1}/{rounds}, {mode}, backlog of {jobs} jobs")
+                runner_pid = _runner_pid(node_pid)
+                cpu_before = (*_cpu_parts(node_pid), *_cpu_parts(runner_pid), cpu_seconds(redis.pid))
+                nodes.pause()
+                try:
+                    await queue_jobs_directly(redis, steps[mode], jobs)
+                    ids = [raw.decode() for raw in await redis.r.zrange(KEYS.queue, 0, -1)]
+                finally:
+                    t_resume = time.time()
+                    nodes.resume()
+                await wait_finished(redis, ids, nodes, min(opts.timeout, 60 + jobs / 5), OwnTraffic())
+                cpu_after = (*_cpu_parts(node_pid), *_cpu_parts(runner_pid), cpu_seconds(redis.pid))
+                spent = [round((after - before) / jobs * 1000, 2) for before, after in zip(cpu_before, cpu_after,
+                                                                                          strict=True)]
+                records = await fetch_jobs(redis, ids)
+                metrics = job_metrics(records, t_resume)
+                runners = Counter(str((job.get("results") or [{}])[0].get("runner")) for job in records)
+                durations = [float(job["results"][0]["duration_ms"]) for job in records if job.get("results")]
+                step_ms[mode].extend(durations)
+                drain = metrics.get("first_start_to_last_finish_rate")
+                out["rounds_detail"].append({"round": index + 1, "mode": mode, "drain_rate": drain,
+                                             "statuses": metrics["statuses"], "runner_recorded": dict(runners),
+                                             "max_jobs_running_at_once": metrics["max_jobs_running_at_once"],
+                                             # CPU ms per job (tick resolution): the node, the scripts it
+                                             # spawned, the runner, the scripts the runner forked, Redis
+                                             "cpu_ms_per_job": dict(zip(("node", "spawned_scripts", "runner",
+                                                                         "forked_scripts", "redis"), spent,
+                                                                        strict=True)),
+                                             "step_duration_ms": summary_ms(durations)})
+                if runners != Counter({mode: len(records)}):
+                    raise RuntimeError(f"{mode} round ran {dict(runners)}")
+                if drain:
+                    best[mode] = max(best.get(mode, 0.0), drain)
+                await redis.r.delete(*[KEYS.job_prefix + job_id for job_id in ids])
+        out["drain_rate"] = {mode: round(rate_, 1) for mode, rate_ in best.items()}
+        out["ratio_warm_vs_spawn"] = round(best["warm"] / best["spawn"], 2) if best.get("spawn") else None
+        out["loaded_step_duration_ms"] = {mode: summary_ms(values) for mode, values in step_ms.items()}
+        # Per-step overhead on the idle node: single jobs one at a time, warm and spawn interleaved.
+        idle: dict[str, list[float]] = {"warm": [], "spawn": []}
+        async with SecautoClient(nodes.urls[0], API_KEY) as client:
+            for index in range(opts.script_cost_runs + 1):
+                for mode in ("warm", "spawn"):
+                    job = await client.wait(await client.submit(steps[mode], {"seq": index}), timeout=30,
+                                            poll=0.005)
+                    result = (job.get("results") or [{}])[0]
+                    if job.get("status") != "completed" or result.get("runner") != mode:
+                        raise RuntimeError(f"idle {mode} job ended {job.get('status')} ({result.get('runner')}): "
+                                           f"{job.get('error')}")
+                    if index:  # the first of each is a warm-up
+                        idle[mode].append(float(result["duration_ms"]))
+        harness = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", OWN_TIME_HARNESS, str(folder / "baseit.py"), "200",
+            json.dumps({"seq": 0, **params}), stdout=asyncio.subprocess.PIPE)  # type: ignore[dict-item]
+        own_out, _ = await asyncio.wait_for(harness.communicate(), 60)
+        own = summary_ms(json.loads(own_out))
+        out["script_own_time_ms"] = {**own, "method": "compiled code exec'd 200 times in a warm interpreter, "
+                                                      "stdin/stdout in memory"}
+        out["idle_step_duration_ms"] = {mode: summary_ms(values) for mode, values in idle.items()}
+        out["overhead_p50_ms"] = {mode: round(summary_ms(values)["p50"] - own["p50"], 2)
+                                  for mode, values in idle.items()}
+        out["runner"] = await _runner_metrics(nodes.urls[0])
+        runner_after = _runner_pid(node_pid)
+        out["rss_after_mb"] = {"node": round(proc_status(node_pid).get("VmRSS", 0) / 1024, 1),
+                               "runner": round(proc_status(runner_after).get("VmRSS", 0) / 1024, 1)
+                               if runner_after else None}
+    finally:
+        await nodes.stop()
+        await redis.flush()
+    return out
+
+
 SUBMIT_PARALLEL = (1, 16)
 
 
@@ -687,14 +868,20 @@ def _rate_of(probe: dict[str, Any], name: str, parallel: int) -> float | None:
     return float(value) if value else None
 
 
-async def compare(opts: argparse.Namespace, redis: BenchRedis, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    tasks = [task for task in ("noop", "sleep") if task in opts.scenarios] or ["noop"]
+async def compare(opts: argparse.Namespace, redis: BenchRedis, runs: list[dict[str, Any]],
+                  runners: dict[str, Any] | None = None) -> dict[str, Any]:
+    tasks = [task for task in ("noop", "sleep", "script") if task in opts.scenarios] or ["noop"]
+    script = REPO / "automations" / str(SCRIPT_STEP["script"])
+    script_args = ["--script", str(script), "--script-python", sys.executable, "--script-input",
+                   json.dumps({"seq": 0, **SCRIPT_STEP["parameters"]})]  # type: ignore[dict-item]
     results: list[dict[str, Any]] = []
     for task in tasks:
+        jobs = opts.script_jobs if task == "script" else opts.jobs
         for peer in PEERS:
-            log(f"compare: {peer.name} {task} x{opts.jobs}")
-            result = await run_peer(peer, redis, jobs=opts.jobs, task=task, concurrency=opts.concurrency,
-                                    timeout=min(opts.timeout, 60 + opts.jobs / 20))
+            log(f"compare: {peer.name} {task} x{jobs}")
+            result = await run_peer(peer, redis, jobs=jobs, task=task, concurrency=opts.concurrency,
+                                    timeout=min(opts.timeout, 60 + jobs / (5 if task == "script" else 20)),
+                                    script_args=script_args if task == "script" else None)
             if "skipped" in result:
                 log(f"compare: {peer.name} {task} skipped: {result['skipped']}")
             results.append(result)
@@ -721,6 +908,22 @@ async def compare(opts: argparse.Namespace, redis: BenchRedis, runs: list[dict[s
             }
         ratios[task] = {"secauto_nodes": base["nodes"], "secauto_backlog_drain_rate": secauto_backlog,
                         "secauto_live_drain_rate": secauto_live, "peers": per_peer}
+    if "script" in tasks and runners and "drain_rate" in runners:
+        warm, spawn = runners["drain_rate"].get("warm"), runners["drain_rate"].get("spawn")
+        per_peer = {}
+        for result in results:
+            if result.get("task") != "script":
+                continue
+            peer_rate = result.get("drain_rate")
+            if "skipped" in result or not peer_rate:
+                per_peer[result["library"]] = {"skipped": result.get("skipped", "no drain rate")}
+                continue
+            per_peer[result["library"]] = {"peer_drain_rate": peer_rate,
+                                           "ratio_warm": round(warm / peer_rate, 2) if warm else None,
+                                           "ratio_spawn": round(spawn / peer_rate, 2) if spawn else None}
+        ratios["script"] = {"secauto_nodes": 1, "secauto_warm_drain_rate": warm, "secauto_spawn_drain_rate": spawn,
+                            "peers": per_peer, "note": "SecAuto: the script_runners backlog rounds (best of each "
+                                                       "mode); peers: their own subprocess call per task"}
     return {"jobs": opts.jobs, "concurrency": opts.concurrency, "peers_venv": str(PEERS_VENV),
             "method": "each peer: enqueue J (its batch API if it has one, else 50 in flight), then ONE worker "
                       "process with the given concurrency drains them; drain_rate = J / (last task end - "
@@ -806,7 +1009,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the submit probe also measures a node whose key has a rate limit and a quota")
     parser.add_argument("--submit-only", action="store_true",
                         help="run only the single-submit probe (no scenarios, script cost or peers)")
-    parser.add_argument("--script-cost-runs", type=int, help="runs of the run_script cost probe (default 30)")
+    parser.add_argument("--script-cost-runs", type=int,
+                        help="runs of the run_script cost probe and of the idle warm/spawn overhead probe "
+                             "(default 30)")
+    parser.add_argument("--script-preload",
+                        help="engine.preload of the script runner comparison's node, comma-separated "
+                             "(default: the node's default list)")
+    parser.add_argument("--script-rounds", type=int, default=2,
+                        help="alternating warm/spawn backlog rounds of the script runner comparison (default 2)")
     parser.add_argument("--timeout", type=float, default=300.0, help="upper bound on any one wait, seconds")
     parser.add_argument("--output", type=Path, help="also write the JSON document to this file")
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and node logs (kept on errors)")
@@ -879,8 +1089,15 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
             except Exception as exc:
                 failed = True
                 result["script_cost"] = {"error": f"{type(exc).__name__}: {exc}"}
+            log("script runners: warm vs spawn on one node")
+            try:
+                result["script_runners"] = await script_runners(opts, redis, workdir)
+            except Exception as exc:
+                failed = True
+                result["script_runners"] = {"error": f"{type(exc).__name__}: {exc}",
+                                            "traceback": traceback.format_exc(limit=5)}
         if opts.compare and not opts.submit_only:
-            result["compare"] = await compare(opts, redis, runs)
+            result["compare"] = await compare(opts, redis, runs, result.get("script_runners"))
     except asyncio.CancelledError:
         result["interrupted"] = True
         log("interrupted: stopping everything the bench started")

@@ -127,9 +127,10 @@ class NodeSet:
     """N `secauto serve` processes of one cluster on free ports, configs and logs under ``workdir``."""
 
     def __init__(self, workdir: Path, redis_url: str, count: int, *, concurrency: int,
-                 log_level: str = "warning", cluster_name: str = CLUSTER_NAME,
-                 security: dict[str, Any] | None = None) -> None:
+                 log_level: str = "warning", engine: dict[str, Any] | None = None,
+                 cluster_name: str = CLUSTER_NAME, security: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
+        self.engine = engine or {}  # overrides of the engine section
         self.redis_url = redis_url
         self.count = count
         self.concurrency = concurrency
@@ -145,7 +146,8 @@ class NodeSet:
             "cluster": {"enabled": True, "redis_url": self.redis_url, "node_id": f"bench-{index}",
                         "cluster_name": self.cluster_name, "max_concurrent_jobs": self.concurrency},
             "security": self.security,
-            "engine": {"scripts_dir": str(REPO / "automations"), "playbooks_dir": str(REPO / "playbooks")},
+            "engine": {"scripts_dir": str(REPO / "automations"), "playbooks_dir": str(REPO / "playbooks"),
+                       **self.engine},
             "logging": {"level": self.log_level, "destination": "stderr"},
         }
 

@@ -90,14 +90,15 @@ async def ensure_venv(peer: Peer) -> tuple[Path | None, str | None]:
 
 
 async def run_peer(peer: Peer, redis: BenchRedis, *, jobs: int, task: str, concurrency: int,
-                   timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
-    """One runner on a flushed Redis. Returns its JSON, or ``{"skipped": reason}``."""
+                   timeout: float, script_args: list[str] | None = None) -> dict[str, Any]:  # noqa: ASYNC109
+    """One runner on a flushed Redis. Returns its JSON, or ``{"skipped": reason}``. ``script_args``:
+    ``--script``, ``--script-python``, ``--script-input`` for the ``script`` task."""
     python, reason = await ensure_venv(peer)
     if python is None:
         return {"library": peer.name, "task": task, "skipped": reason}
     await redis.flush()
     cmd = [str(python), str(RUNNERS / peer.runner), "--redis-url", redis.url + "/0", "--jobs", str(jobs),
-           "--task", task, "--concurrency", str(concurrency), "--timeout", str(timeout)]
+           "--task", task, "--concurrency", str(concurrency), "--timeout", str(timeout), *(script_args or [])]
     started = time.monotonic()
     try:
         code, out, err = await _run(cmd, timeout + 60, cwd=RUNNERS)

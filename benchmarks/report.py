@@ -15,6 +15,9 @@ TARGETS = {
     "script_step_vs_bare": 1.2,
     "node_rss_at_rest_mb": 80.0,
     "redis_bytes_per_queued_job": 1536.0,
+    "script_warm_vs_spawn": 10.0,  # issue 11: warm scripts/s vs spawn, one node, 100 slots
+    "script_warm_overhead_p50_ms": 3.0,  # issue 11: step duration minus the script's own time
+    "node_and_runner_rss_at_rest_mb": 120.0,  # issue 11
 }
 
 
@@ -118,6 +121,7 @@ def print_tables(result: dict[str, Any]) -> None:
                  f"step {_fmt(_g(cost, 'step_duration_ms', 'p50'), 1)} ms (x{cost.get('ratio_step_vs_bare', '-')}), "
                  f"client round trip {cost['client_round_trip_ms']['p50']:.1f} ms "
                  f"(x{cost['ratio_client_round_trip_vs_bare']})")
+    print_script_runners(result.get("script_runners"))
     comp = result.get("compare")
     if comp:
         _err()
@@ -139,9 +143,14 @@ def print_tables(result: dict[str, Any]) -> None:
             for name, item in ratios["peers"].items():
                 if "skipped" in item:
                     parts.append(f"{name} skipped")
+                elif task == "script":
+                    warm, spawn = _fmt(item.get("ratio_warm"), 2), _fmt(item.get("ratio_spawn"), 2)
+                    parts.append(f"{name} x{warm} (spawn x{spawn})")
                 else:
-                    parts.append(f"{name} x{_fmt(item['ratio_backlog'], 2)} (live x{_fmt(item['ratio_live'], 2)})")
-            _err(f"  SecAuto {ratios['secauto_nodes']} node {task} drain / peer: " + ", ".join(parts))
+                    backlog, live = _fmt(item.get("ratio_backlog"), 2), _fmt(item.get("ratio_live"), 2)
+                    parts.append(f"{name} x{backlog} (live x{live})")
+            label = "script warm" if task == "script" else task
+            _err(f"  SecAuto {ratios['secauto_nodes']} node {label} drain / peer: " + ", ".join(parts))
     summary = result.get("summary", {})
     if summary.get("targets"):
         _err()
@@ -182,6 +191,35 @@ def print_submit_probe(probe: dict[str, Any] | None) -> None:
         _err("  node_submit_limited: node_submit with a rate limit and a max_pending quota that never refuse")
     _err("  node_submit: jobs held back (delay), so the node only takes them in; node_submit_and_run: it also "
          "claims and runs them")
+
+
+def print_script_runners(data: dict[str, Any] | None) -> None:
+    if not data:
+        return
+    _err()
+    if "error" in data:
+        _err(f"script runners: ERROR {data['error']}")
+        return
+    drain = data.get("drain_rate", {})
+    _err(f"script runners on one node ({data['jobs_per_round']} jobs x {data['rounds']} rounds per mode, "
+         f"{data['slots']} slots, {data['script']}):")
+    _err(f"  drain warm {_fmt(drain.get('warm'))}/s, spawn {_fmt(drain.get('spawn'))}/s: "
+         f"x{_fmt(data.get('ratio_warm_vs_spawn'), 2)}")
+    idle = data.get("idle_step_duration_ms", {})
+    over = data.get("overhead_p50_ms", {})
+    _err(f"  idle step p50: warm {_fmt(_g(idle, 'warm', 'p50'), 1)} ms, spawn {_fmt(_g(idle, 'spawn', 'p50'), 1)} ms; "
+         f"script's own time p50 {_fmt(_g(data, 'script_own_time_ms', 'p50'), 2)} ms; overhead p50 warm "
+         f"{_fmt(over.get('warm'), 2)} ms, spawn {_fmt(over.get('spawn'), 2)} ms")
+    for detail in data.get("rounds_detail", []):
+        cpu = detail.get("cpu_ms_per_job", {})
+        _err(f"  round {detail['round']} {detail['mode']:<5} {_fmt(detail.get('drain_rate'))}/s, CPU ms per job: "
+             + ", ".join(f"{name} {_fmt(value, 2)}" for name, value in cpu.items()))
+    runner = data.get("runner", {})
+    rss = data.get("rss_at_rest_mb", {})
+    _err(f"  runner fork p50/p99 {_fmt(runner.get('fork_p50_ms'), 2)}/{_fmt(runner.get('fork_p99_ms'), 2)} ms, "
+         f"send-to-pid p50/p99 {_fmt(runner.get('start_p50_ms'), 2)}/{_fmt(runner.get('start_p99_ms'), 2)} ms; "
+         f"RSS at rest node {_fmt(rss.get('node'), 1)} + runner {_fmt(rss.get('runner'), 1)} = "
+         f"{_fmt(rss.get('together'), 1)} MB")
 
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +286,15 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     cost = result.get("script_cost") or {}
     target("script_step_vs_bare", cost.get("ratio_job_execution_vs_bare"), "<=",
            f"job execution vs bare spawn (medians); step alone x{cost.get('ratio_step_vs_bare', '-')}")
+    runners = result.get("script_runners") or {}
+    target("script_warm_vs_spawn", runners.get("ratio_warm_vs_spawn"), ">=",
+           f"drain/s on one node, best round of each: warm {_fmt(_g(runners, 'drain_rate', 'warm'))}, "
+           f"spawn {_fmt(_g(runners, 'drain_rate', 'spawn'))}")
+    target("script_warm_overhead_p50_ms", _g(runners, "overhead_p50_ms", "warm"), "<",
+           "idle node, single jobs: step duration_ms p50 minus the script's own time p50")
+    target("node_and_runner_rss_at_rest_mb", _g(runners, "rss_at_rest_mb", "together"), "<",
+           f"fork p50/p99 {_fmt(_g(runners, 'runner', 'fork_p50_ms'), 2)}/"
+           f"{_fmt(_g(runners, 'runner', 'fork_p99_ms'), 2)} ms")
     rest = [value for run in runs for value in _g(run, "rss_mb", "rest", default=[])]
     target("node_rss_at_rest_mb", max(rest) if rest else None, "<", "largest node")
     if noop_small is not None:

@@ -213,8 +213,9 @@ async def _follow(client: SecautoClient, job_id: str, *, limit: float, quiet: bo
 def _describe_end(job: dict[str, Any], out: TextIO) -> None:
     for result in job.get("results") or []:
         error = f"  {result.get('error')}" if result.get("error") else ""
+        runner = f" ({result['runner']})" if result.get("runner") else ""  # run_script: warm or spawn
         out.write(f"  {result.get('status', '?'):9} {result.get('name', '?')}  "
-                  f"{result.get('duration_ms', 0):.0f} ms{error}\n")
+                  f"{result.get('duration_ms', 0):.0f} ms{runner}{error}\n")
     if job.get("error"):
         out.write(f"  error: {job['error']}\n")
 

@@ -28,6 +28,7 @@ from secauto.engine.script_limits import (
     resolve_script_user,
     script_user_problem,
 )
+from secauto.engine.warm_runner import DEFAULT_PRELOAD
 from secauto.schedules.spec import ScheduleSpec, definition_problems
 
 Role = Literal["admin", "operator", "viewer"]
@@ -40,6 +41,8 @@ _NAME_RE = re.compile(NAME_PATTERN)
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+# A module the warm script runner preloads: a dotted Python module name.
+ModuleName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
 
 
 class ConfigError(Exception):
@@ -155,6 +158,10 @@ class EngineConfig(_Section):
     script_timeout: Seconds = 60.0
     max_output_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     script_env: dict[str, str] = {}
+    # How run_script runs scripts: "warm" (a fork of a runner process with `preload` imported) or
+    # "spawn" (a fresh interpreter per script). README "Scripts".
+    runner: Literal["warm", "spawn"] = "warm"
+    preload: list[ModuleName] = msgspec.field(default_factory=lambda: list(DEFAULT_PRELOAD))
     # http_request: networks, addresses or host names (*.domain) to allow despite the default refusal of
     # link-local and cloud metadata addresses, and to refuse besides them (http_deny wins).
     http_allow: list[str] = []

@@ -9,9 +9,13 @@ Redis operation (heartbeat write, health check, scrape) succeeded.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+if TYPE_CHECKING:
+    from secauto.engine.warm import WarmStats
 
 # The *_created series double the output and nobody here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call, unused-ignore]
@@ -67,6 +71,27 @@ class NodeMetrics:
         self.http_requests = Counter("secauto_http_requests", "HTTP requests by route, method and status",
                                      ["route", "method", "status"], registry=registry)
         self._requests: dict[tuple[str, str, int], Any] = {}  # labelled children of http_requests
+        # The warm script runner (engine.runner: warm), read from its supervisor at each scrape.
+        self.script_runner_up = Gauge("secauto_script_runner_up", "1 while a warm script runner is ready, else 0 "
+                                      "(scripts spawn meanwhile)", registry=registry)
+        self.script_runner_forks = Gauge("secauto_script_runner_forks", "Steps started in a fork of the warm "
+                                         "runner since the node started", registry=registry)
+        self.script_runner_restarts = Gauge("secauto_script_runner_restarts", "Warm runners that died and were "
+                                            "replaced", registry=registry)
+        self.script_runner_recycles = Gauge("secauto_script_runner_recycles", "Warm runners replaced after their "
+                                            "fork budget", registry=registry)
+        # Over the latest 10,000 warm steps (NaN before the first): the runner's os.fork() call, and from
+        # sending a step to the runner until the child's pid came back.
+        self.script_runner_fork_p50 = Gauge("secauto_script_runner_fork_p50_seconds", "Median os.fork() time "
+                                            "in the warm runner", registry=registry)
+        self.script_runner_fork_p99 = Gauge("secauto_script_runner_fork_p99_seconds", "99th percentile os.fork() "
+                                            "time in the warm runner", registry=registry)
+        self.script_runner_start_p50 = Gauge("secauto_script_runner_start_p50_seconds", "Median time from "
+                                             "sending a step to the warm runner to its child's pid",
+                                             registry=registry)
+        self.script_runner_start_p99 = Gauge("secauto_script_runner_start_p99_seconds", "99th percentile time "
+                                             "from sending a step to the warm runner to its child's pid",
+                                             registry=registry)
         self.info = Gauge("secauto_node_info", "Constant 1, labelled with this node's id", ["node_id"],
                           registry=registry)
         self.info.labels(node_id=node_id).set(1)
@@ -78,6 +103,21 @@ class NodeMetrics:
         if child is None:  # prometheus-client looks labels up under a lock: done once per combination
             child = self._requests[key] = self.http_requests.labels(route=route, method=method, status=str(status))
         child.inc()
+
+    def observe_script_runner(self, stats: WarmStats | None) -> None:
+        """Copy the warm runner supervisor's figures (None: no warm runner on this node)."""
+        if stats is None:
+            self.script_runner_up.set(0)
+            return
+        self.script_runner_up.set(1 if stats.state == "ready" else 0)
+        self.script_runner_forks.set(stats.forks)
+        self.script_runner_restarts.set(stats.restarts)
+        self.script_runner_recycles.set(stats.recycles)
+        for gauge, value in ((self.script_runner_fork_p50, stats.fork_ms_p50),
+                             (self.script_runner_fork_p99, stats.fork_ms_p99),
+                             (self.script_runner_start_p50, stats.start_ms_p50),
+                             (self.script_runner_start_p99, stats.start_ms_p99)):
+            gauge.set(math.nan if value is None else value / 1000)
 
     def render(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""

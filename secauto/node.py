@@ -2,13 +2,15 @@
 
 Start: install log redaction of secret values (:mod:`secauto.redaction`), resolve the config schedules'
 playbooks, open the store (Redis, or the embedded store when cluster mode is off) and, in cluster mode,
-refuse a Redis whose eviction policy can drop keys (unless ``cluster.allow_eviction``), bind the HTTP
+refuse a Redis whose eviction policy can drop keys (unless ``cluster.allow_eviction``), start the warm
+script runner (``engine.runner: warm``; exec'd with the scripts' environment only), bind the HTTP
 socket (so the node record can name the real port), spawn the actors (executor, dispatcher, discovery,
 heartbeat, webhooks, secrets, scheduler, reaper), then serve HTTP.
 
 Graceful stop (SIGTERM/SIGINT): stop claiming, let running jobs finish within
 ``server.shutdown_grace``, stop HTTP, stop the actors in reverse start order (the reaper releases
-leadership, the heartbeat deletes the node record and publishes ``node.left``), close Redis.
+leadership, the heartbeat deletes the node record and publishes ``node.left``), stop the warm script
+runner (its socket closed, SIGKILL after 5 s), close Redis.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import asyncio
 import signal
 import socket
 import ssl
+import sys
 
+import msgspec
 from aiohttp import web
 from loguru import logger
 from redis.asyncio import Redis
@@ -42,6 +46,8 @@ from secauto.api.state import EventSource
 from secauto.config import ConfigError, Settings
 from secauto.engine import EngineSettings, PlaybookInvalid
 from secauto.engine.netguard import http_policy
+from secauto.engine.scripts import script_environment
+from secauto.engine.warm import WarmRunner
 from secauto.keyring import KeyRing
 from secauto.metrics import NodeMetrics
 from secauto.models import utc_now
@@ -68,6 +74,7 @@ def engine_settings(settings: Settings) -> EngineSettings:
     return EngineSettings(scripts_dir=settings.scripts_dir, playbooks_dir=settings.playbooks_dir,
                           python=settings.python, script_timeout=engine.script_timeout,
                           max_output_bytes=engine.max_output_bytes, script_env=dict(engine.script_env),
+                          runner=engine.runner, preload=tuple(engine.preload),
                           http_policy=http_policy(engine.http_allow, engine.http_deny),
                           script_limits=engine.script_limits, script_user=settings.script_user)
 
@@ -135,6 +142,7 @@ class Node:
         self.system = ActorSystem(f"node-{settings.node_id}")
         self.metrics = NodeMetrics(settings.node_id)
         self._runner: web.AppRunner | None = None
+        self._scripts: WarmRunner | None = None  # the warm script runner's supervisor (engine.runner: warm)
         self._socket: socket.socket | None = None
         self.port = settings.config.server.port
         self.keyring = KeyRing(settings.api_keys)
@@ -175,6 +183,7 @@ class Node:
         schedules = config_schedules(settings, engine)
         if self.cluster_mode:
             await self._check_storage()
+        engine = await self._start_script_runner(engine)
         tls = server_tls_context(settings)
         self._socket = socket.create_server((server.host, server.port), reuse_port=False)
         self.port = self._socket.getsockname()[1]
@@ -220,6 +229,20 @@ class Node:
         await self._runner.setup()
         await web.SockSite(self._runner, self._socket, ssl_context=tls).start()
 
+    async def _start_script_runner(self, engine: EngineSettings) -> EngineSettings:
+        """With ``engine.runner: warm``, start the warm script runner (before the actors, stopped after
+        them) and return the engine settings that use it. A runner that fails to start is no error:
+        scripts spawn until its supervisor gets one running."""
+        if engine.runner != "warm":
+            return engine
+        if engine.python != sys.executable:
+            self.log.info("engine.python is {} (not this node's interpreter): scripts run with spawn",
+                          engine.python)
+            return engine
+        self._scripts = WarmRunner(env=script_environment(engine), preload=engine.preload)
+        await self._scripts.start()
+        return msgspec.structs.replace(engine, script_host=self._scripts)
+
     async def _check_storage(self) -> None:
         """Refuse to start (ConfigError naming cluster.allow_eviction) on a Redis whose eviction policy can
         drop keys, unless allowed; the heartbeat keeps checking and /health explains it either way."""
@@ -255,6 +278,9 @@ class Node:
             self._socket.close()
         self._socket = None
         await self.system.stop(timeout=10.0)
+        if self._scripts is not None:  # after the actors: no job can start a script any more
+            await self._scripts.stop()
+            self._scripts = None
         if self._redis is not None and self._owns_redis:
             await self._redis.aclose()
             self._redis = None

@@ -1,9 +1,12 @@
 """Shared by the peer runners (run with the peers' venv interpreter, not SecAuto's).
 
 Each runner enqueues J jobs of one task (``noop``: return at once; ``sleep``: ``await
-asyncio.sleep(0.05)``), then runs ONE worker with the given concurrency in this process until every
-task body has returned, and prints one JSON object on stdout. Timing is taken inside the task bodies
-(first start, last end), so both sides of the comparison measure the same thing.
+asyncio.sleep(0.05)``; ``script``: run ``--script`` with ``--script-python`` as its own subprocess, the
+JSON input on stdin, the same allowlisted environment SecAuto gives scripts, and parse its JSON
+stdout, as a user of that library would call a script), then runs ONE worker with the given
+concurrency in this process until every task body has returned, and prints one JSON object on
+stdout. Timing is taken inside the task bodies (first start, last end), so both sides of the
+comparison measure the same thing.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 import time
@@ -28,10 +32,18 @@ def parse_args(library: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=f"{library} runner for scripts/bench --compare")
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--jobs", type=int, required=True)
-    parser.add_argument("--task", choices=("noop", "sleep"), default="noop")
+    parser.add_argument("--task", choices=("noop", "sleep", "script"), default="noop")
+    parser.add_argument("--script", help="task script: the script file to run")
+    parser.add_argument("--script-python", default=sys.executable, help="task script: the interpreter")
+    parser.add_argument("--script-input", default="{}", help="task script: the JSON object on its stdin")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on the drain, seconds")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.task == "script":
+        if not args.script:
+            parser.error("--task script needs --script")
+        TRACKER.script = (args.script_python, args.script, args.script_input.encode())
+    return args
 
 
 class Tracker:
@@ -45,19 +57,43 @@ class Tracker:
         self.done: asyncio.Event | None = None
         self.running = 0
         self.max_running = 0  # shows whether the worker really ran `concurrency` tasks at once
+        self.script: tuple[str, str, bytes] | None = None  # (python, script, stdin) for the script task
+        self.failures = 0
+        self.last_failure: str | None = None
 
     async def body(self, kind: str) -> None:
         if self.first_start is None:
             self.first_start = time.time()
         self.running += 1
         self.max_running = max(self.max_running, self.running)
-        if kind == "sleep":
-            await asyncio.sleep(0.05)
+        try:
+            if kind == "sleep":
+                await asyncio.sleep(0.05)
+            elif kind == "script":
+                await self.run_script()
+        except Exception as exc:  # counted and reported: a failed script is a finished task too
+            self.failures += 1
+            self.last_failure = f"{type(exc).__name__}: {exc}"
         self.running -= 1
         self.finished += 1
         self.last_end = time.time()
         if self.finished >= self.total and self.done is not None:
             self.done.set()
+
+
+    async def run_script(self) -> None:
+        """The script as its own process (no shell, own session), its JSON answer parsed; raises on failure."""
+        assert self.script is not None
+        python, script, stdin = self.script
+        env = {key: os.environ[key] for key in ("PATH", "LANG", "HOME", "TMPDIR") if key in os.environ}
+        proc = await asyncio.create_subprocess_exec(
+            python, script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=os.path.dirname(script), start_new_session=True)
+        out, err = await proc.communicate(stdin)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{script} exited with {proc.returncode}: {err[-300:]!r}")
+        if not isinstance(json.loads(out), dict):
+            raise RuntimeError(f"{script} did not print a JSON object")
 
 
 TRACKER = Tracker()
@@ -166,6 +202,8 @@ async def measure(library: str, args: argparse.Namespace, *, versions: dict[str,
             result["drain_rate_from_worker_start"] = round(TRACKER.finished / from_start, 1)
             result["worker_start_to_first_task_ms"] = round((TRACKER.first_start - worker_start) * 1000, 1)
         result["finished"] = TRACKER.finished
+        if TRACKER.failures:
+            result["error"] = f"{TRACKER.failures} task(s) failed, e.g. {TRACKER.last_failure}"
         result["max_tasks_in_flight"] = TRACKER.max_running
         result["redis_enqueue"] = delta(s0, s1, jobs)
         result["redis_drain"] = delta(s1, s2, jobs)

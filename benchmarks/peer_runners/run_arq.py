@@ -20,6 +20,10 @@ async def sleep(ctx: dict[str, Any]) -> None:
     await TRACKER.body("sleep")
 
 
+async def script(ctx: dict[str, Any]) -> None:
+    await TRACKER.body("script")
+
+
 async def main() -> None:
     args = parse_args("arq")
     settings = RedisSettings.from_dsn(args.redis_url)
@@ -29,7 +33,7 @@ async def main() -> None:
         await bounded_gather(jobs, lambda: pool.enqueue_job(args.task))
 
     async def start_worker() -> Worker:
-        worker = Worker(functions=[noop, sleep], redis_settings=settings, max_jobs=args.concurrency,
+        worker = Worker(functions=[noop, sleep, script], redis_settings=settings, max_jobs=args.concurrency,
                         handle_signals=False, keep_result=3600)
         worker.bench_task = asyncio.create_task(worker.async_run())  # type: ignore[attr-defined]
         return worker

@@ -18,6 +18,10 @@ async def sleep(ctx: dict[str, Any]) -> None:
     await TRACKER.body("sleep")
 
 
+async def script(ctx: dict[str, Any]) -> None:
+    await TRACKER.body("script")
+
+
 async def main() -> None:
     args = parse_args("saq")
     queue = Queue.from_url(args.redis_url)
@@ -27,7 +31,7 @@ async def main() -> None:
         await bounded_gather(jobs, lambda: queue.enqueue(args.task))
 
     async def start_worker() -> tuple[Worker, asyncio.Task[None]]:
-        worker = Worker(queue, functions=[noop, sleep], concurrency=args.concurrency)
+        worker = Worker(queue, functions=[noop, sleep, script], concurrency=args.concurrency)
         return worker, asyncio.create_task(worker.start())
 
     async def stop_worker(handle: tuple[Worker, asyncio.Task[None]]) -> None:

@@ -22,8 +22,13 @@ async def sleep() -> None:
     await TRACKER.body("sleep")
 
 
+@worker.task()
+async def script() -> None:
+    await TRACKER.body("script")
+
+
 async def main() -> None:
-    task = noop if ARGS.task == "noop" else sleep
+    task = {"noop": noop, "sleep": sleep, "script": script}[ARGS.task]
 
     async def enqueue(jobs: int) -> None:
         async with worker:

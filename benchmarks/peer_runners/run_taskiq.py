@@ -26,8 +26,13 @@ async def sleep() -> None:
     await TRACKER.body("sleep")
 
 
+@broker.task
+async def script() -> None:
+    await TRACKER.body("script")
+
+
 async def main() -> None:
-    task = noop if ARGS.task == "noop" else sleep
+    task = {"noop": noop, "sleep": sleep, "script": script}[ARGS.task]
     await broker.startup()  # creates the consumer group before anything is enqueued
     pool = ThreadPoolExecutor()
 

@@ -18,7 +18,7 @@ from actors.core import ActorSystem
 from actors.messages import ClusterView, GetClusterView, ListDeadLetters
 from secauto.api.roles import metrics_role
 from secauto.api.spec import operation
-from secauto.api.state import METRICS, SYSTEM
+from secauto.api.state import ENGINE, METRICS, SYSTEM
 from secauto.metrics import NodeMetrics
 
 # Below Prometheus' default scrape_timeout (10 s): a slow store costs the cluster gauges, not the scrape.
@@ -30,8 +30,9 @@ CLUSTER_READ_TIMEOUT_S = 4.0
            description="Jobs submitted, completed, failed, retried and dead-lettered, job duration and queue "
                        "wait, queue size (all pending, and ready to start), DLQ size, running jobs, node "
                        "load, active nodes, leader flag, Redis reachability, webhook deliveries, HTTP requests "
-                       "by route and status. The cluster gauges are NaN while Redis is unreachable. Needs a "
-                       "viewer key unless metrics.public.")
+                       "by route and status, the warm script runner (up, forks, restarts, fork time). The "
+                       "cluster gauges are NaN while Redis is unreachable. Needs a viewer key unless "
+                       "metrics.public.")
 async def metrics(request: web.Request) -> web.StreamResponse:
     """Refresh the gauges that describe the cluster, then render every metric.
 
@@ -41,6 +42,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     """
     node_metrics = request.app[METRICS]
     await _refresh_cluster_gauges(request.app[SYSTEM], node_metrics)
+    host = request.app[ENGINE].script_host
+    node_metrics.observe_script_runner(host.stats() if host is not None else None)
     return web.Response(body=node_metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
 

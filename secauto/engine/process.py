@@ -18,6 +18,10 @@ threads (asyncio's child watcher, the resolver's executor), and Python code afte
 need a lock another thread might hold. ``preexec_fn`` also makes the subprocess module use ``fork``
 instead of ``vfork``, so it is passed only when there is something to set up.
 
+The feeding, capture, timeout and kill logic is :func:`supervise`, which works on any :class:`Child`
+(a spawned process here, a fork of the warm script runner in :mod:`secauto.engine.warm`), so both ways
+of running a script keep exactly the same guarantees.
+
 Limits: a descendant that moves itself into another session (``setsid``) leaves the group and cannot be
 killed this way; if such a process keeps our pipes open, reading stops after a short grace period.
 """
@@ -31,6 +35,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -138,6 +143,59 @@ async def _spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: Path | Non
     return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited, transport
 
 
+
+class Child(Protocol):
+    """A started child whose stdio pipes this process holds: what :func:`supervise` needs of it.
+
+    Two kinds exist: a process this node spawned (:func:`run_process`) and a fork of the warm script
+    runner (:mod:`secauto.engine.warm`). ``exited`` is set once the child has been reaped, or once it
+    can no longer be watched (then ``lost`` says why and ``returncode`` stays None).
+    """
+
+    stdin: asyncio.StreamWriter | None
+    stdout: asyncio.StreamReader | None
+    stderr: asyncio.StreamReader | None
+    exited: asyncio.Event
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status (negative: killed by that signal), None while running or when lost."""
+        ...
+
+    @property
+    def lost(self) -> str | None:
+        """Why the child could not be watched to its end (e.g. the warm runner died), or None."""
+        ...
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (at once, or as soon as its pid is known)."""
+        ...
+
+
+class _SpawnedChild:
+    """:class:`Child` over an ``asyncio.subprocess.Process`` started in a new session."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, exited: asyncio.Event) -> None:
+        self.proc = proc
+        self.stdin, self.stdout, self.stderr = proc.stdin, proc.stdout, proc.stderr
+        self.exited = exited
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    @property
+    def lost(self) -> str | None:
+        return None
+
+    def kill(self) -> None:
+        kill_group(self.proc.pid)  # start_new_session: the child leads its own session and process group
+
+
+class ProcessLost(ProcessFailure):
+    """The child could no longer be watched (its warm runner died); its group was killed."""
+
+
 async def run_process(
     argv: Sequence[str],
     *,
@@ -151,32 +209,45 @@ async def run_process(
     """Run ``argv`` to completion; see the module docstring for the kill/cancel guarantees and for
     ``child_setup`` (called in the child before exec)."""
     proc, exited, transport = await _spawn(argv, env=env, cwd=cwd, child_setup=child_setup)
-    pgid = proc.pid  # start_new_session: the child leads its own session and process group
-    out = _Capture(max_output_bytes, lambda: kill_group(pgid))
-    err = _Capture(max_output_bytes, lambda: kill_group(pgid))
-    timed_out = False
     try:
-        async with asyncio.TaskGroup() as tg:
-            pipes = [tg.create_task(out.drain(proc.stdout)), tg.create_task(err.drain(proc.stderr))]
-            feeder = tg.create_task(_feed(proc.stdin, stdin))
-            try:
-                async with asyncio.timeout(time_limit):
-                    await exited.wait()
-            except TimeoutError:
-                timed_out = True
-            finally:
-                kill_group(pgid)  # stragglers after a normal exit; everyone on timeout or cancellation
-            _, pending = await asyncio.wait([*pipes, feeder], timeout=PIPE_GRACE)
-            for task in pending:  # an escaped descendant holds our pipes: stop reading
-                task.cancel()
+        return await supervise(_SpawnedChild(proc, exited), stdin=stdin, time_limit=time_limit,
+                               max_output_bytes=max_output_bytes)
     finally:
-        if proc.returncode is None:  # cancelled or failed before the exit was seen
-            kill_group(pgid)
-            await exited.wait()
         # Done with the pipes: after EOF this is a no-op; after a cancellation (or reading given up on
         # an escaped descendant) it closes them now rather than leaving the transport to wait for an
         # EOF that may come after the event loop closed.
         transport.close()
+
+
+async def supervise(child: Child, *, stdin: bytes, time_limit: float, max_output_bytes: int) -> ProcessOutcome:
+    """Feed ``stdin`` to a started child, capture its capped output and wait for its exit under
+    ``time_limit``; the child's process group is killed whenever the run ends (module docstring).
+
+    Raises :class:`OutputTooLarge`, :class:`ProcessTimeout` or :class:`ProcessLost` (each with the
+    output read so far). On cancellation the group is killed, the exit awaited, and CancelledError
+    propagates.
+    """
+    out = _Capture(max_output_bytes, child.kill)
+    err = _Capture(max_output_bytes, child.kill)
+    timed_out = False
+    try:
+        async with asyncio.TaskGroup() as tg:
+            pipes = [tg.create_task(out.drain(child.stdout)), tg.create_task(err.drain(child.stderr))]
+            feeder = tg.create_task(_feed(child.stdin, stdin))
+            try:
+                async with asyncio.timeout(time_limit):
+                    await child.exited.wait()
+            except TimeoutError:
+                timed_out = True
+            finally:
+                child.kill()  # stragglers after a normal exit; everyone on timeout or cancellation
+            _, pending = await asyncio.wait([*pipes, feeder], timeout=PIPE_GRACE)
+            for task in pending:  # an escaped descendant holds our pipes: stop reading
+                task.cancel()
+    finally:
+        if not child.exited.is_set():  # cancelled or failed before the exit was seen
+            child.kill()
+            await child.exited.wait()
     stdout, stderr = bytes(out.data), bytes(err.data)
     if out.overflowed or err.overflowed:
         which = "stdout" if out.overflowed else "stderr"
@@ -186,6 +257,8 @@ async def run_process(
     if timed_out:
         message = f"timed out after {time_limit:g}s; the process group was killed"
         raise ProcessTimeout(message, stdout=stdout, stderr=stderr)
-    returncode = proc.returncode
+    if child.lost is not None:
+        raise ProcessLost(child.lost, stdout=stdout, stderr=stderr)
+    returncode = child.returncode
     assert returncode is not None  # the exit was seen
     return ProcessOutcome(returncode=returncode, stdout=stdout, stderr=stderr)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 
 StepStatus = Literal["completed", "failed", "skipped"]
+# How a run_script step's script was run: a fork of the node's warm runner, or a fresh interpreter.
+RunnerMode = Literal["warm", "spawn"]
 
 
 class StepResult(msgspec.Struct, kw_only=True):
@@ -20,6 +23,17 @@ class StepResult(msgspec.Struct, kw_only=True):
     duration_ms: float
     output: Any = None
     error: str | None = None
+    # run_script: "warm" (a fork of the node's warm runner) or "spawn" (a fresh interpreter), for the
+    # step's last attempt; None for other actions.
+    runner: RunnerMode | None = None
+
+
+@dataclass(slots=True)
+class StepNotes:
+    """What an action reports about how it ran a step, beside its output (one per step, shared by its
+    attempts: the last attempt's values are recorded in the :class:`StepResult`)."""
+
+    runner: RunnerMode | None = None
 
 
 class PlaybookResult(msgspec.Struct, kw_only=True):

@@ -35,7 +35,7 @@ from secauto.engine.conditions import holds
 from secauto.engine.errors import PlaybookInvalid, StepError, split_validation_error
 from secauto.engine.loader import load_playbook_file, resolve_named_playbook
 from secauto.engine.model import Playbook, Step
-from secauto.engine.results import PlaybookResult, StepResult, utc_now
+from secauto.engine.results import PlaybookResult, StepNotes, StepResult, utc_now
 from secauto.engine.secrets import NoSecrets, SecretSource, SecretUnavailable
 from secauto.engine.settings import EngineSettings
 from secauto.engine.templates import render
@@ -155,6 +155,7 @@ class Run:
         """Run one step with its options; returns its result and whether a failure is fatal."""
         started_at, t0 = utc_now(), time.monotonic()
         log = self.log.bind(step=step.name, action=step.action)
+        notes = StepNotes()
 
         def finish(status: str, output: Any = None, error: str | None = None) -> StepResult:
             duration = round((time.monotonic() - t0) * 1000, 3)
@@ -166,6 +167,7 @@ class Run:
                 duration_ms=duration,
                 output=output,
                 error=error,
+                runner=notes.runner,
             )
 
         try:
@@ -177,7 +179,7 @@ class Run:
             log.warning("step {} failed: {}", step.path, exc.message)
             return finish("failed", error=f"when: {exc.message}" if not exc.fatal else exc.message), exc.fatal
 
-        output, error = await self._attempts(step, context, log)
+        output, error = await self._attempts(step, context, log, notes)
         if error is not None:
             log.warning("step {} failed: {}", step.path, error.message)
             return finish("failed", output=error.output, error=error.message), error.fatal
@@ -191,14 +193,15 @@ class Run:
         log.debug("step {} completed", step.path)
         return finish("completed", output=output), False
 
-    async def _attempts(self, step: Step, context: dict[str, Any], log: Logger) -> tuple[Any, StepError | None]:
+    async def _attempts(self, step: Step, context: dict[str, Any], log: Logger,
+                        notes: StepNotes) -> tuple[Any, StepError | None]:
         """``(output, None)``, or ``(None, error)`` with the StepError of the last failed attempt."""
         retry = step.options.retry
         delay = retry.delay
         failure: StepError | None = None
         for attempt in range(1, retry.attempts + 1):
             try:
-                return await self._attempt(step, context), None
+                return await self._attempt(step, context, notes), None
             except StepError as exc:
                 failure = exc
             except Exception as exc:  # a bug in an action: keep the traceback, fail the step
@@ -213,7 +216,7 @@ class Run:
         assert failure is not None
         return None, failure
 
-    async def _attempt(self, step: Step, context: dict[str, Any]) -> Any:
+    async def _attempt(self, step: Step, context: dict[str, Any], notes: StepNotes) -> Any:
         spec = get_action(step.action)
         if spec is None:  # validated steps always name a registered action
             raise StepError(f"unknown action {step.action!r}", fatal=True)
@@ -229,7 +232,7 @@ class Run:
         except msgspec.ValidationError as exc:
             where, message = split_validation_error(exc)
             raise StepError(f"{where.lstrip('.') or 'fields'}: {message}") from None
-        call = ActionCall(step=step, fields=fields, context=context, runtime=self)
+        call = ActionCall(step=step, fields=fields, context=context, runtime=self, notes=notes)
         timeout = step.options.timeout
         if timeout is None:
             return await spec.run(call)

@@ -3,8 +3,16 @@
 * **Names**: ``[A-Za-z0-9_-]+`` with an optional ``.py``; the file must resolve (symlinks followed)
   to a regular file inside ``scripts_dir``. Anything else (``../x``, absolute paths, ``a/b``, a symlink
   pointing out of the folder) is refused before anything is spawned.
-* **Process**: ``[settings.python, <resolved path>]``, no shell, working directory ``scripts_dir``,
-  its own session and process group (see :mod:`secauto.engine.process` for the kill guarantees).
+* **Process**: with ``engine.runner: warm`` (the default) a fork of the node's warm runner
+  (:mod:`secauto.engine.warm`) runs the script as ``python <resolved path>`` would; otherwise, and
+  whenever a script cannot run warm, ``[settings.python, <resolved path>]`` is spawned. Either way: no
+  shell, working directory ``scripts_dir``, ``sys.argv == [<resolved path>]``, its own session and process
+  group (see :mod:`secauto.engine.process` for the kill guarantees). A script runs with spawn when
+  ``engine.python`` is not the node's interpreter, when the environment differs from the one the runner
+  was started with, when the runner is not ready (starting or restarting after a crash), or when the
+  script opts out with a comment line ``# secauto: runner=spawn`` before its first statement. The
+  step result's ``runner`` records which ran. A warm step whose runner dies fails ("the warm script
+  runner ... died"); the step's and the job's retry rules apply.
 * **Environment**: an allowlist, ``PATH``, ``LANG``, ``HOME``, ``TMPDIR`` (when set) plus
   ``settings.script_env``. Nothing else of the server's environment (API keys, Redis password, webhook
   secrets) reaches a script.
@@ -28,20 +36,32 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+from loguru import logger
 
 from secauto.engine.errors import StepError, short
-from secauto.engine.process import OutputTooLarge, ProcessFailure, run_process
+from secauto.engine.process import OutputTooLarge, ProcessFailure, ProcessOutcome, run_process, supervise
+from secauto.engine.results import StepNotes
 from secauto.engine.script_limits import ScriptLimits, apply_in_child, limit_exceeded, start_failure
 from secauto.engine.settings import EngineSettings
+from secauto.engine.warm import RunnerUnavailable, WarmChild
+from secauto.engine.warm_runner import START_FAILED, START_FAILED_PREFIX
 from secauto.redaction import REDACTOR
+
+if TYPE_CHECKING:
+    from loguru import Logger
 
 SCRIPT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(\.py)?\Z")
 ENV_ALLOWLIST = ("PATH", "LANG", "HOME", "TMPDIR")
 STDERR_TAIL = 2000
 STDOUT_QUOTE = 200
+# A comment line before the first statement that keeps a script out of the warm runner.
+SPAWN_MARKER_RE = re.compile(rb"^#\s*secauto:\s*runner\s*=\s*spawn\s*$")
+_HEADER_BYTES = 4096
+_opt_outs: dict[Path, tuple[tuple[int, int, int], bool]] = {}  # path -> (stat key, wants spawn)
+_OPT_OUTS_MAX = 1024
 
 
 def script_name_problem(name: Any) -> str | None:
@@ -78,6 +98,83 @@ def script_environment(settings: EngineSettings) -> dict[str, str]:
     return env
 
 
+def wants_spawn(path: Path) -> bool:
+    """Whether the script opts out of the warm runner (``# secauto: runner=spawn`` among the comment
+    lines it starts with). Cached per (inode, size, mtime); an unreadable file says no (running it
+    reports the problem)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _opt_outs.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(_HEADER_BYTES)
+    except OSError:
+        return False
+    wants = False
+    for line in head.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith(b"#"):
+            break
+        if SPAWN_MARKER_RE.match(stripped):
+            wants = True
+            break
+    if len(_opt_outs) >= _OPT_OUTS_MAX:
+        _opt_outs.clear()
+    _opt_outs[path] = (key, wants)
+    return wants
+
+
+async def _start_warm(path: Path, settings: EngineSettings, env: dict[str, str], log: Logger | None
+                      ) -> WarmChild | None:
+    """The script started in a fork of the warm runner, or None when it must be spawned instead."""
+    host = settings.script_host
+    if settings.runner != "warm" or host is None or not host.usable_for(settings.python, env):
+        return None
+    if wants_spawn(path):
+        return None
+    limits = {key: value for key, value in msgspec.structs.asdict(settings.script_limits).items()
+              if value is not None}
+    user = settings.script_user
+    try:
+        return await host.start_step(path, argv=[str(path)], cwd=path.parent, env=env, limits=limits,
+                                     user=(user.uid, user.gid, user.name) if user is not None else None,
+                                     log=log)
+    except RunnerUnavailable as exc:
+        (log or logger).debug("script {} runs with spawn: {}", path.name, exc)
+        return None
+
+
+def _start_error(name: str, settings: EngineSettings, exc: OSError) -> StepError:
+    """The step error for a script that could not start (spawn: exec or child_setup failed; warm: the
+    forked child's set-up failed), naming the limit that explains it when one does."""
+    why = start_failure(settings.script_limits, exc)
+    if why:
+        return StepError(f"script {name!r} {why}")
+    hint = ""
+    if settings.script_user is not None and isinstance(exc, PermissionError):
+        hint = (f" (engine.script_user {settings.script_user.name!r} must be able to execute the interpreter and "
+                "read the scripts folder)")
+    return StepError(f"script {name!r} could not be started with {settings.python!r}: {exc}{hint}")
+
+
+_START_FAILED_RE = re.compile(rb"\(errno (\d+)\): (.*)")
+
+
+def _warm_start_failure(stderr: bytes) -> OSError:
+    """The OSError a warm child reported when its set-up failed (see warm_runner._report_start_failure)."""
+    first = stderr[len(START_FAILED_PREFIX):].split(b"\n", 1)[0]
+    match = _START_FAILED_RE.search(first)
+    if match is None:
+        return OSError(first.decode(errors="replace").strip())
+    errno, text = int(match.group(1)), match.group(2).decode(errors="replace")
+    return OSError(errno, f"setting up the child process failed ({text})") if errno else OSError(text)
+
+
 def _tail(data: bytes) -> str:
     if not REDACTOR.active:
         return data[-STDERR_TAIL:].decode(errors="replace").strip()
@@ -109,12 +206,16 @@ async def run_script(
     settings: EngineSettings,
     *,
     time_limit: float | None = None,
+    notes: StepNotes | None = None,
+    log: Logger | None = None,
 ) -> dict[str, Any]:
     """Run script ``name`` with ``payload`` on stdin and return its JSON object.
 
-    ``time_limit`` defaults to ``settings.script_timeout``. Raises :class:`StepError` on a bad name, a
-    missing script, a non-serialisable payload, a start failure, a timeout, output over the cap, a
-    non-zero exit or stdout that is not one JSON object. Cancellation kills the process group.
+    ``time_limit`` defaults to ``settings.script_timeout``. ``notes.runner`` is set to how the script
+    runs ("warm" or "spawn") before it starts; ``log`` (the step's logger) receives the warm start's
+    audit line. Raises :class:`StepError` on a bad name, a missing script, a non-serialisable payload,
+    a start failure, a timeout, output over the cap, a non-zero exit, stdout that is not one JSON object,
+    or the death of the warm runner while the script ran. Cancellation kills the process group.
     """
     path = resolve_script(name, settings.scripts_dir)
     try:
@@ -122,16 +223,28 @@ async def run_script(
     except (TypeError, msgspec.EncodeError) as exc:
         raise StepError(f"script {name!r}: the input cannot be encoded as JSON: {exc}") from None
     limit = time_limit if time_limit is not None else settings.script_timeout
+    env = script_environment(settings)
+    child = await _start_warm(path, settings, env, log)
+    if notes is not None:
+        notes.runner = "spawn" if child is None else "warm"
     try:
-        outcome = await run_process(
-            [settings.python, str(path)],
-            stdin=stdin,
-            env=script_environment(settings),
-            cwd=path.parent,
-            time_limit=limit,
-            max_output_bytes=settings.max_output_bytes,
-            child_setup=child_setup(settings),
-        )
+        outcome: ProcessOutcome
+        if child is not None:
+            try:
+                outcome = await supervise(child, stdin=stdin, time_limit=limit,
+                                          max_output_bytes=settings.max_output_bytes)
+            finally:
+                child.close()
+        else:
+            outcome = await run_process(
+                [settings.python, str(path)],
+                stdin=stdin,
+                env=env,
+                cwd=path.parent,
+                time_limit=limit,
+                max_output_bytes=settings.max_output_bytes,
+                child_setup=child_setup(settings),
+            )
     except ProcessFailure as exc:
         message = f"script {name!r} {exc}"
         if isinstance(exc, OutputTooLarge):  # e.g. a fork bomb whose every failed fork prints a traceback
@@ -140,14 +253,9 @@ async def run_script(
             message = f"{message}; it {hit}" if hit else message
         raise StepError(_with_stderr(message, exc.stderr)) from None
     except OSError as exc:
-        why = start_failure(settings.script_limits, exc)
-        if why:
-            raise StepError(f"script {name!r} {why}") from None
-        hint = ""
-        if settings.script_user is not None and isinstance(exc, PermissionError):
-            hint = (f" (engine.script_user {settings.script_user.name!r} must be able to execute the interpreter and "
-                    "read the scripts folder)")
-        raise StepError(f"script {name!r} could not be started with {settings.python!r}: {exc}{hint}") from None
+        raise _start_error(name, settings, exc) from None
+    if child is not None and outcome.returncode == START_FAILED and outcome.stderr.startswith(START_FAILED_PREFIX):
+        raise _start_error(name, settings, _warm_start_failure(outcome.stderr))
     if outcome.returncode != 0:
         hit = limit_exceeded(settings.script_limits, returncode=outcome.returncode, stderr=outcome.stderr)
         if hit:

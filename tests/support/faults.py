@@ -48,6 +48,21 @@ import os
 import sys
 import time
 
+
+def node_pid():
+    """The node running this script: the parent, or with the warm runner (engine.runner: warm) the
+    parent's parent (the runner is the node's child and forks the scripts)."""
+    pid = os.getppid()
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            if b"warm_runner.py" not in handle.read():
+                return pid
+        with open("/proc/%d/stat" % pid) as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return pid
+
+
 data = json.load(sys.stdin)
 seconds = float(data.get("seconds") or 0)
 if seconds:
@@ -57,7 +72,7 @@ if gate:
     deadline = time.time() + float(data.get("gate_max") or 60)
     while os.path.exists(gate) and time.time() < deadline:
         time.sleep(0.05)
-record = {"marker": data["marker"], "node_pid": os.getppid(), "pid": os.getpid()}
+record = {"marker": data["marker"], "node_pid": node_pid(), "pid": os.getpid()}
 out = data.get("out")
 if out:
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -69,19 +84,35 @@ print(json.dumps({"ran": record}))
 '''
 
 SUICIDE_SCRIPT = '''\
-"""Test script: a poison job. It SIGKILLs its parent process, which is the node running it."""
+"""Test script: a poison job. It SIGKILLs the node running it (its parent, or its grandparent when
+the node's warm runner forked it)."""
 import json
 import os
 import signal
 import sys
 import time
 
+
+def node_pid():
+    """The node running this script: the parent, or with the warm runner (engine.runner: warm) the
+    parent's parent (the runner is the node's child and forks the scripts)."""
+    pid = os.getppid()
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            if b"warm_runner.py" not in handle.read():
+                return pid
+        with open("/proc/%d/stat" % pid) as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return pid
+
+
 data = json.load(sys.stdin)
 out = data.get("out")
 if out:
     with open(out, "a") as f:
-        f.write("%s %d %d\\n" % (data.get("marker", "?"), os.getppid(), os.getpid()))
-os.kill(os.getppid(), signal.SIGKILL)
+        f.write("%s %d %d\\n" % (data.get("marker", "?"), node_pid(), os.getpid()))
+os.kill(node_pid(), signal.SIGKILL)
 time.sleep(2)
 print(json.dumps({"survived": True}))
 '''

@@ -201,6 +201,32 @@ def test_engine_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     assert settings.scripts_dir == (tmp_path.parent / "automations").resolve()
 
 
+def test_engine_runner_and_preload(tmp_path: Path) -> None:
+    from secauto.engine.warm_runner import DEFAULT_PRELOAD
+    from secauto.node import engine_settings
+
+    default = load_settings(None, env={})
+    assert default.config.engine.runner == "warm"
+    assert tuple(default.config.engine.preload) == DEFAULT_PRELOAD
+    assert {"json", "re", "pkgutil", "typing"} <= set(DEFAULT_PRELOAD)
+    settings = load_settings(write(tmp_path, "engine:\n  runner: spawn\n  preload: [json, urllib.parse]\n"), env={})
+    engine = engine_settings(settings)
+    assert (engine.runner, engine.preload) == ("spawn", ("json", "urllib.parse"))
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("engine:\n  runner: hot\n", r"^engine\.runner: Invalid enum value 'hot'"),
+    ("engine:\n  runner: 1\n", r"^engine\.runner: Expected `str`, got `int`"),
+    ("engine:\n  preload: json\n", r"^engine\.preload: Expected `array`, got `str`"),
+    ("engine:\n  preload: [json, 'os; import x']\n", r"^engine\.preload\[1\]: Expected `str` matching regex"),
+    ("engine:\n  preload: [json, 3]\n", r"^engine\.preload\[1\]: Expected `str`, got `int`"),
+    ("engine:\n  runer: warm\n", r"^engine\.runer: unknown key"),
+])  # fmt: skip
+def test_engine_runner_and_preload_errors_name_the_key(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_settings(write(tmp_path, text), env={})
+
+
 def test_serve_exits_2_with_one_line_on_bad_config(tmp_path: Path) -> None:
     path = write(tmp_path, "cluster:\n  max_retries: lots\n")
     proc = subprocess.run([sys.executable, "-m", "secauto", "serve", "--config", str(path)],

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import msgspec
 
 from secauto.engine.model import Step
-from secauto.engine.results import StepResult
+from secauto.engine.results import StepNotes, StepResult
 from secauto.engine.settings import EngineSettings
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class ActionCall(Generic[F]):
     fields: F
     context: dict[str, Any]
     runtime: Runtime
+    notes: StepNotes = field(default_factory=StepNotes)  # filled by the action, recorded in the StepResult
 
 
 @dataclass(frozen=True, slots=True)

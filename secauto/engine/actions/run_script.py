@@ -2,7 +2,8 @@
 
 The script's JSON object is merged into the context (top-level keys replace), except the classic key
 ``incident_updates``, which is merged key by key into ``context["incident"]``; the object is the step's
-result. The script's timeout is the step's ``timeout``, else ``engine.script_timeout``. Failures and
+result. The step result's ``runner`` says whether the script ran warm or spawned. The script's
+timeout is the step's ``timeout``, else ``engine.script_timeout``. Failures and
 cancellation: see :mod:`secauto.engine.scripts`.
 """
 
@@ -35,7 +36,8 @@ async def _run(call: ActionCall[RunScriptFields]) -> dict[str, Any]:
     payload = {**call.context, **call.fields.parameters}
     runtime = call.runtime
     runtime.log.debug("running script {}", call.fields.script)
-    output = await run_script(call.fields.script, payload, runtime.settings, time_limit=call.step.options.timeout)
+    output = await run_script(call.fields.script, payload, runtime.settings, time_limit=call.step.options.timeout,
+                              notes=call.notes, log=runtime.log)
     merge_output(call.context, output)
     return output
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from secauto.engine import EngineSettings, PlaybookResult, run_playbook
+from secauto.engine.scripts import script_environment
+from secauto.engine.warm import WarmRunner
 from tests.support.procs import pid_exists
 
 REPO = Path(__file__).resolve().parents[3]
@@ -24,7 +29,10 @@ SCRIPTS: dict[str, str] = {
     "env_dump": """
         import json, os, sys
         json.load(sys.stdin)
-        print(json.dumps({"env": dict(os.environ)}))
+        with open("/proc/self/environ", "rb") as handle:
+            raw = [item.decode() for item in handle.read().split(b"\\0") if item]
+        proc_env = dict(item.partition("=")[::2] for item in raw)
+        print(json.dumps({"env": dict(os.environ), "proc_env": proc_env}))
     """,
     "exit_3": """
         import sys
@@ -134,6 +142,29 @@ def repo_settings() -> EngineSettings:
     return EngineSettings(
         scripts_dir=REPO / "automations", playbooks_dir=REPO / "playbooks", python=sys.executable, script_timeout=20.0
     )
+
+
+@asynccontextmanager
+async def warm_settings(settings: EngineSettings, **options: Any) -> AsyncIterator[EngineSettings]:
+    """``settings`` with a started warm runner attached (exec'd with the scripts' environment as it is
+    now); the runner is stopped on exit."""
+    host = WarmRunner(env=script_environment(settings), preload=settings.preload, **options)
+    await host.start()
+    try:
+        assert host.stats().state == "ready"
+        yield msgspec.structs.replace(settings, runner="warm", script_host=host)
+    finally:
+        await host.stop()
+
+
+@asynccontextmanager
+async def in_mode(settings: EngineSettings, mode: str) -> AsyncIterator[EngineSettings]:
+    """``settings`` for runner mode ``mode`` ("warm": with a runner started now, "spawn": without)."""
+    if mode == "warm":
+        async with warm_settings(settings) as warm:
+            yield warm
+    else:
+        yield msgspec.structs.replace(settings, runner="spawn")
 
 
 async def run(playbook: Any, settings: EngineSettings, context: dict[str, Any] | None = None) -> PlaybookResult:

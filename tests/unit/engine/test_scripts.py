@@ -1,17 +1,40 @@
-"""The script runner: resolution, sandboxed environment, output rules, timeouts, cancellation, no orphans."""
+"""The script contract: resolution, sandboxed environment, output rules, timeouts, cancellation, no orphans.
+
+Every test that runs a script runs twice: with ``engine.runner: spawn`` (a fresh interpreter) and with
+``warm`` (a fork of a warm runner started for the test); the step results say which ran.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from secauto.engine import EngineSettings, StepError
+from secauto.engine.results import StepNotes
 from secauto.engine.scripts import resolve_script, run_script, script_environment
-from tests.unit.engine.conftest import alive, run, wait_dead, wait_for_file
+from tests.unit.engine.conftest import alive, in_mode, run, wait_dead, wait_for_file
+
+
+@pytest.fixture(params=["spawn", "warm"])
+async def settings(settings: EngineSettings, request: pytest.FixtureRequest) -> AsyncIterator[EngineSettings]:
+    """The engine settings in each runner mode (warm: with a runner started for the test)."""
+    async with in_mode(settings, request.param) as chosen:
+        yield chosen
+
+
+async def run_checked(name: str, payload: dict[str, object], settings: EngineSettings) -> dict[str, object]:
+    """run_script, checking that the script ran in the mode under test."""
+    notes = StepNotes()
+    try:
+        return await run_script(name, payload, settings, notes=notes)
+    finally:
+        assert notes.runner == settings.runner
 
 # ---------------------------------------------------------------- resolution
 
@@ -74,21 +97,24 @@ async def test_environment_is_an_allowlist(settings: EngineSettings, monkeypatch
     monkeypatch.setenv("SECAUTO_REDIS_PASSWORD", "hunter2")
     monkeypatch.setenv("WEBHOOK_SECRET", "whsec")
     monkeypatch.setenv("LANG", "C.UTF-8")
-    settings = EngineSettings(
+    base = EngineSettings(
         scripts_dir=settings.scripts_dir,
         playbooks_dir=settings.playbooks_dir,
         python=sys.executable,
         script_env={"VT_API_URL": "http://127.0.0.1:1"},
     )
-    result = await run([{"run": "env_dump"}], settings)
+    async with in_mode(base, settings.runner) as chosen:  # a warm runner exec'd with this environment
+        result = await run([{"run": "env_dump"}], chosen)
     assert result.success, result.error
-    env = result.context["env"]
-    assert set(env) <= {"PATH", "LANG", "HOME", "TMPDIR", "VT_API_URL", "LC_CTYPE"}  # python may add LC_CTYPE
-    assert env["VT_API_URL"] == "http://127.0.0.1:1"
-    assert env["LANG"] == "C.UTF-8"
-    dumped = repr(env)
-    for secret in ("super-secret-key", "hunter2", "whsec"):
-        assert secret not in dumped
+    assert result.results[0].runner == settings.runner
+    # What the script sees in os.environ and what the kernel shows in /proc/self/environ.
+    for env in (result.context["env"], result.context["proc_env"]):
+        assert set(env) <= {"PATH", "LANG", "HOME", "TMPDIR", "VT_API_URL", "LC_CTYPE"}  # python may add LC_CTYPE
+        assert env["VT_API_URL"] == "http://127.0.0.1:1"
+        assert env["LANG"] == "C.UTF-8"
+        dumped = repr(env)
+        for secret in ("super-secret-key", "hunter2", "whsec"):
+            assert secret not in dumped
 
 
 def test_script_environment_helper(settings: EngineSettings, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,10 +129,11 @@ def test_script_environment_helper(settings: EngineSettings, monkeypatch: pytest
 
 
 async def test_input_is_context_overlaid_with_parameters(settings: EngineSettings) -> None:
-    out = await run_script("echo", {"a": 1, "target": "ctx", "target2": "param"}, settings)
+    out = await run_checked("echo", {"a": 1, "target": "ctx", "target2": "param"}, settings)
     assert out == {"echo": {"a": 1, "target": "ctx", "target2": "param"}}
     step = {"action": "run_script", "script": "echo", "parameters": {"target": "param"}}
     result = await run([step], settings, {"target": "ctx", "a": 1})
+    assert result.results[0].runner == settings.runner
     assert result.results[0].output == {"echo": {"target": "param", "a": 1}}
     assert result.context["echo"] == {"target": "param", "a": 1}
     assert result.context["target"] == "ctx"  # parameters do not leak into the context
@@ -122,39 +149,42 @@ async def test_incident_updates_merge_into_the_incident(settings: EngineSettings
 
 async def test_nonzero_exit_fails_with_the_stderr_tail(settings: EngineSettings) -> None:
     with pytest.raises(StepError, match=r"exited with status 3; stderr: something went wrong: boom"):
-        await run_script("exit_3", {}, settings)
+        await run_checked("exit_3", {}, settings)
     result = await run([{"run": "exit_3"}, {"action": "log", "message": "never"}], settings)
     assert not result.success
     assert [r.status for r in result.results] == ["failed"]
+    assert result.results[0].runner == settings.runner  # recorded for failed steps too
     assert "boom" in (result.error or "")
 
 
 async def test_non_json_output_is_quoted(settings: EngineSettings) -> None:
     with pytest.raises(StepError, match="did not print a JSON object; stdout starts with 'hello, this is not JSON"):
-        await run_script("not_json", {}, settings)
+        await run_checked("not_json", {}, settings)
 
 
 async def test_non_object_json_is_refused(settings: EngineSettings) -> None:
     with pytest.raises(StepError, match=r"not an object: '\[1, 2, 3\]"):
-        await run_script("json_list", {}, settings)
+        await run_checked("json_list", {}, settings)
 
 
 async def test_script_that_ignores_stdin(settings: EngineSettings) -> None:
     big = {"blob": "x" * 200_000}  # larger than a pipe buffer
-    assert await run_script("ignore_stdin", big, settings) == {"ok": True}
+    assert await run_checked("ignore_stdin", big, settings) == {"ok": True}
 
 
 @pytest.mark.parametrize("script", ["flood_stdout", "flood_stderr"])
 async def test_flooding_output_is_capped_and_killed(settings: EngineSettings, script: str) -> None:
     with pytest.raises(StepError, match="exceeded 65536 bytes; the process was killed"):
-        await asyncio.wait_for(run_script(script, {}, settings), 10)
+        await asyncio.wait_for(run_checked(script, {}, settings), 10)
 
 
 async def test_bad_interpreter(settings: EngineSettings) -> None:
-    broken = EngineSettings(scripts_dir=settings.scripts_dir, playbooks_dir=settings.playbooks_dir,
-                            python="/nonexistent/python")  # fmt: skip
+    # Another interpreter than the node's never runs warm: it is spawned, and this one does not exist.
+    broken = msgspec.structs.replace(settings, python="/nonexistent/python")
+    notes = StepNotes()
     with pytest.raises(StepError, match="could not be started"):
-        await run_script("echo", {}, broken)
+        await run_script("echo", {}, broken, notes=notes)
+    assert notes.runner == "spawn"
 
 
 # ---------------------------------------------------------------- timeouts, cancellation, orphans
@@ -167,6 +197,7 @@ async def test_timeout_kills_the_whole_process_group(settings: EngineSettings, t
         settings,
     )
     assert not result.success
+    assert result.results[0].runner == settings.runner
     assert "timed out after 0.6s" in (result.error or "")
     assert "sleeping" in (result.error or "")  # the stderr tail is quoted
     pids = [int(p) for p in pidfile.read_text().split()]
@@ -175,10 +206,9 @@ async def test_timeout_kills_the_whole_process_group(settings: EngineSettings, t
 
 async def test_settings_script_timeout_applies(settings: EngineSettings, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
-    quick = EngineSettings(scripts_dir=settings.scripts_dir, playbooks_dir=settings.playbooks_dir,
-                           python=sys.executable, script_timeout=0.5)  # fmt: skip
+    quick = msgspec.structs.replace(settings, script_timeout=0.5)
     with pytest.raises(StepError, match=r"timed out after 0.5s"):
-        await run_script("sleeper", {"pidfile": str(pidfile)}, quick)
+        await run_checked("sleeper", {"pidfile": str(pidfile)}, quick)
     assert wait_dead([int(p) for p in pidfile.read_text().split()]) == []
 
 
@@ -202,7 +232,7 @@ async def test_job_timeout_around_run_playbook(settings: EngineSettings, tmp_pat
 
 
 async def test_children_left_behind_are_killed(settings: EngineSettings) -> None:
-    out = await asyncio.wait_for(run_script("leave_child", {}, settings), 5)
+    out = await asyncio.wait_for(run_checked("leave_child", {}, settings), 5)
     assert wait_dead([out["child_pid"]], within=1.0) == []
 
 
