@@ -41,14 +41,8 @@ FAST_CLUSTER: dict[str, Any] = {
 }
 SHUTDOWN_GRACE = 5.0
 
-MARK_SCRIPT = '''\
-"""Test script: optional sleep / gate, then one side-effect line, then the same as its result."""
-import json
-import os
-import sys
-import time
-
-
+# Shared by the test scripts below (pasted into their source).
+NODE_PID_FUNCTION = '''\
 def node_pid():
     """The node running this script: the parent, or with the warm runner (engine.runner: warm) the
     parent's parent (the runner is the node's child and forks the scripts)."""
@@ -61,6 +55,17 @@ def node_pid():
             return int(handle.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return pid
+'''
+
+MARK_SCRIPT = '''\
+"""Test script: optional sleep / gate, then one side-effect line, then the same as its result."""
+import json
+import os
+import sys
+import time
+
+
+NODE_PID_FUNCTION
 
 
 data = json.load(sys.stdin)
@@ -81,7 +86,7 @@ if out:
     finally:
         os.close(fd)
 print(json.dumps({"ran": record}))
-'''
+'''.replace("NODE_PID_FUNCTION\n", NODE_PID_FUNCTION)
 
 SUICIDE_SCRIPT = '''\
 """Test script: a poison job. It SIGKILLs the node running it (its parent, or its grandparent when
@@ -93,18 +98,7 @@ import sys
 import time
 
 
-def node_pid():
-    """The node running this script: the parent, or with the warm runner (engine.runner: warm) the
-    parent's parent (the runner is the node's child and forks the scripts)."""
-    pid = os.getppid()
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            if b"warm_runner.py" not in handle.read():
-                return pid
-        with open("/proc/%d/stat" % pid) as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return pid
+NODE_PID_FUNCTION
 
 
 data = json.load(sys.stdin)
@@ -115,7 +109,7 @@ if out:
 os.kill(node_pid(), signal.SIGKILL)
 time.sleep(2)
 print(json.dumps({"survived": True}))
-'''
+'''.replace("NODE_PID_FUNCTION\n", NODE_PID_FUNCTION)
 
 
 def write_scripts(folder: Path) -> Path:
