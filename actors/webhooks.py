@@ -13,15 +13,25 @@ on this node). Deliveries run in an aiojobs scheduler (at most 32 at a time, 10,
 that new deliveries are dropped with an error log). Secrets and URLs' query strings are never logged.
 Secret values known to this node are masked in the body (and so in the signature) before delivery;
 the claim uses the event as published, so every node claims the same delivery.
+
+Deliveries obey the same outbound policy as ``http_request`` (``engine.http_allow`` / ``http_deny``,
+:mod:`secauto.engine.netguard`): before each attempt the webhook's host is resolved and every address
+checked, and the connection goes to those addresses (pinned: no second lookup that DNS rebinding could
+answer differently), so a webhook cannot reach link-local or cloud metadata addresses. Redirects are not
+followed (a 3xx answer is a failed attempt), so no hop escapes the check. A refused address is not
+retried: the delivery fails at once with an error log naming it; a host that does not resolve is an
+ordinary failed attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,9 +41,12 @@ import msgspec
 from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from yarl import URL
 
 from actors.context import NodeContext
 from actors.core import Actor
+from secauto.engine.errors import StepError
+from secauto.engine.netguard import AddressRefused, OutboundGuard, PinnedResolver
 from secauto.models import Event, event_decoder
 from secauto.redaction import REDACTOR
 from secauto.store.events import RESUBSCRIBED, subscribe
@@ -70,12 +83,16 @@ class WebhookActor(Actor):
         self.configured = configured
         self.hooks: list[WebhookSpec] = list(configured)
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: PinnedResolver | None = None
         self._scheduler: aiojobs.Scheduler | None = None
         self._listener: asyncio.Task[None] | None = None
         self.log = logger.bind(component="webhooks", node_id=ctx.node_id)
 
     async def on_start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        # Each attempt pins the addresses it checked (see _post); no DNS cache besides those pins.
+        self._resolver = PinnedResolver(OutboundGuard(self.ctx.engine.http_policy))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False))
         self._scheduler = aiojobs.Scheduler(limit=32, pending_limit=10_000, close_timeout=2.0)
         self.start_timer("refresh", REFRESH_S, RefreshWebhooks(), initial_delay=0.0)
         self._listener = None
@@ -136,6 +153,19 @@ class WebhookActor(Actor):
             return
         await scheduler.spawn(self._deliver(hook, event, payload))
 
+    @contextlib.asynccontextmanager
+    async def _post(self, hook: WebhookSpec, payload: bytes, headers: dict[str, str]
+                    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST to ``hook.url`` once its host passed the outbound policy (see the module docstring);
+        raises AddressRefused, StepError (no such host), aiohttp.ClientError or TimeoutError."""
+        assert self._session is not None and self._resolver is not None
+        url = URL(hook.url)
+        async with asyncio.timeout(hook.timeout):
+            host, port = url.raw_host or "", url.port or 0
+            self._resolver.pin(host, port, await self._resolver.guard.vet(host, port))
+            async with self._session.post(url, data=payload, headers=headers, allow_redirects=False) as response:
+                yield response
+
     async def _deliver(self, hook: WebhookSpec, event: Event, payload: bytes) -> None:
         """Deliver one event to one webhook, if this node wins the claim; retry with backoff."""
         try:
@@ -162,15 +192,19 @@ class WebhookActor(Actor):
             if hook.secret:
                 headers["X-SecAuto-Signature"] = signature(hook.secret, timestamp, payload)
             try:
-                async with self._session.post(hook.url, data=payload, headers=headers,
-                                              timeout=aiohttp.ClientTimeout(total=hook.timeout)) as response:
+                async with self._post(hook, payload, headers) as response:
                     if 200 <= response.status < 300:
                         metrics.labels(outcome="delivered").inc()
                         log.info("webhook delivered: {} to {} ({}, attempt {})", event.type, _where(hook.url),
                                  response.status, attempt + 1)
                         return
                     problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except AddressRefused as exc:  # the policy will not change between attempts
+                metrics.labels(outcome="failed").inc()
+                log.error("webhook delivery of {} to {} refused by the outbound policy: {}", event.type,
+                          _where(hook.url), exc.message)
+                return
+            except (aiohttp.ClientError, TimeoutError, StepError) as exc:  # StepError: the host does not resolve
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.warning("webhook delivery of {} to {} failed ({}), attempt {} of {}", event.type, _where(hook.url),
                         problem, attempt + 1, hook.retries + 1)

@@ -152,3 +152,63 @@ async def test_webhooks_api_for_admins(redis_url: str, receiver: Receiver) -> No
             assert response.status == 200
         async with session.delete(f"{nodes[0].url}/webhooks/{created['id']}", headers=auth(ADMIN_KEY)) as response:
             assert response.status == 404
+
+
+async def _metric(session: aiohttp.ClientSession, node: Node, line: str) -> bool:
+    async with session.get(f"{node.url}/metrics", headers=auth()) as response:
+        return line in await response.text()
+
+
+async def _wait_metric(session: aiohttp.ClientSession, node: Node, line: str, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await _metric(session, node, line):
+            await asyncio.sleep(0.1)
+
+
+async def test_webhooks_obey_the_outbound_policy(redis_url: str, receiver: Receiver) -> None:
+    """A webhook to a cloud metadata address, or to a host that engine.http_deny names, is refused
+    before any connection, at once and without retries, with an error naming the address."""
+    hooks = [{"url": "http://169.254.169.254/latest/meta-data", "events": ["job.completed"], "retries": 3},
+             {"url": receiver.url, "events": ["job.completed"], "retries": 3}]
+    logs = io.StringIO()
+    sink = logger.add(logs, level="ERROR", format="{message}")
+    stack, [node] = await start_nodes(redis_url, 1, webhooks=hooks, engine={"http_deny": ["127.0.0.1"]})
+    try:
+        async with stack, aiohttp.ClientSession() as session:
+            await submit(session, node, {"playbook": [{"action": "log", "message": "x"}]})
+            await _wait_metric(session, node, 'secauto_webhook_deliveries_total{outcome="failed"} 2.0', timeout=10)
+            assert not await _metric(session, node, 'outcome="retried"')
+    finally:
+        logger.remove(sink)
+    assert receiver.deliveries == []
+    text = logs.getvalue()
+    assert "refused by the outbound policy: 169.254.169.254 is" in text
+    assert "refused by the outbound policy: 127.0.0.1 is" in text
+
+
+async def test_webhook_redirects_are_not_followed(redis_url: str, receiver: Receiver) -> None:
+    """A 3xx answer is a failed attempt: following it would take the delivery to an address that was
+    never checked."""
+    assert receiver._runner is not None
+    moved: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        moved.append(request.path)
+        raise web.HTTPTemporaryRedirect(receiver.url)
+
+    app = web.Application()
+    app.router.add_post("/moved", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hooks = [{"url": f"http://127.0.0.1:{port}/moved", "events": ["job.completed"], "retries": 0}]
+    try:
+        stack, [node] = await start_nodes(redis_url, 1, webhooks=hooks)
+        async with stack, aiohttp.ClientSession() as session:
+            await submit(session, node, {"playbook": [{"action": "log", "message": "x"}]})
+            await _wait_metric(session, node, 'secauto_webhook_deliveries_total{outcome="failed"} 1.0')
+    finally:
+        await runner.cleanup()
+    assert moved == ["/moved"] and receiver.deliveries == []
