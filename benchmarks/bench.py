@@ -743,7 +743,7 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
 
     Three measurements, by the same client (one ``SecautoClient`` per server, a pool of 32 connections)
     the same way: ``--single-jobs`` requests one at a time, then with 16 in flight, for
-    ``--submit-rounds`` rounds, the three alternating:
+    ``--submit-rounds`` rounds, the three alternating (in reverse order every other round):
 
     * ``bare``: the bare handler;
     * ``node_submit``: the node's submit path alone. The jobs carry ``delay`` (an hour) so that the node
@@ -829,8 +829,11 @@ async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Pat
                 await measure(name, min(200, count), 16)
             for round_no in range(rounds):
                 log(f"submit probe: round {round_no + 1}/{rounds}")
+                # Odd rounds reverse the order: what runs right after another measurement pays for its
+                # leftovers (a limited node measured last in every round looked 5-15 % slower; first, not).
+                order = names if round_no % 2 == 0 else names[::-1]
                 for parallel in SUBMIT_PARALLEL:
-                    for name in names:
+                    for name in order:
                         measured[name][parallel].append(await measure(name, count, parallel))
     finally:
         await bare.stop()
