@@ -9,8 +9,10 @@
   shell, working directory ``scripts_dir``, ``sys.argv == [<resolved path>]``, its own session and process
   group (see :mod:`secauto.engine.process` for the kill guarantees). A script runs with spawn when
   ``engine.python`` is not the node's interpreter, when the environment differs from the one the runner
-  was started with, when the runner is not ready (starting or restarting after a crash), or when the
-  script opts out with a comment line ``# secauto: runner=spawn`` before its first statement. The
+  was started with, when the runner is not ready (starting or restarting after a crash), when the
+  script's folder has a module named like one the runner holds (``json.py``: spawned, the script would
+  import it), or when the script opts out with a comment line ``# secauto: runner=spawn`` before its
+  first statement. The
   step result's ``runner`` records which ran. A warm step whose runner dies fails ("the warm script
   runner ... died"); the step's and the job's retry rules apply.
 * **Environment**: an allowlist, ``PATH``, ``LANG``, ``HOME``, ``TMPDIR`` (when set) plus
@@ -35,6 +37,7 @@ import functools
 import os
 import re
 from collections.abc import Callable, Mapping
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +61,8 @@ ENV_ALLOWLIST = ("PATH", "LANG", "HOME", "TMPDIR")
 STDERR_TAIL = 2000
 STDOUT_QUOTE = 200
 # A comment line before the first statement that keeps a script out of the warm runner.
+_PACKAGE_INITS = ("__init__.py", "__init__.pyc")
+_folder_names: dict[Path, tuple[int, frozenset[str]]] = {}
 SPAWN_MARKER_RE = re.compile(rb"^#\s*secauto:\s*runner\s*=\s*spawn\s*$")
 _HEADER_BYTES = 4096
 _opt_outs: dict[Path, tuple[tuple[int, int, int], bool]] = {}  # path -> (stat key, wants spawn)
@@ -129,6 +134,44 @@ def wants_spawn(path: Path) -> bool:
     return wants
 
 
+def importable_names(folder: Path) -> frozenset[str]:
+    """The top-level module names that ``import`` would find in ``folder`` when it is ``sys.path[0]``
+    (``x.py``, ``x.pyc``, extension modules, packages with an ``__init__``). Cached per (folder,
+    mtime); a folder that cannot be listed has none (running the script reports the problem)."""
+    try:
+        mtime = folder.stat().st_mtime_ns
+    except OSError:
+        return frozenset()
+    cached = _folder_names.get(folder)
+    if cached is not None and cached[0] == mtime:
+        return cached[1]
+    names: set[str] = set()
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if entry.is_dir():
+                    if any(os.path.exists(os.path.join(entry.path, init)) for init in _PACKAGE_INITS):
+                        names.add(name)
+                elif name.endswith((".py", ".pyc", *EXTENSION_SUFFIXES)):
+                    names.add(name.partition(".")[0])
+    except OSError:
+        return frozenset()
+    if len(_folder_names) >= _OPT_OUTS_MAX:
+        _folder_names.clear()
+    found = frozenset(names)
+    _folder_names[folder] = (mtime, found)
+    return found
+
+
+def shadowing_module(folder: Path, loaded: frozenset[str]) -> str | None:
+    """A module of ``folder`` named like one the warm runner holds (``json.py`` beside the script), or
+    None. Spawned, the script would import the folder's module (its folder is ``sys.path[0]``); a fork
+    of the runner already has the other one in ``sys.modules``, so such a script must spawn."""
+    clash = importable_names(folder) & loaded
+    return min(clash) if clash else None
+
+
 async def _start_warm(path: Path, settings: EngineSettings, env: dict[str, str], log: Logger | None
                       ) -> WarmChild | None:
     """The script started in a fork of the warm runner, or None when it must be spawned instead."""
@@ -136,6 +179,12 @@ async def _start_warm(path: Path, settings: EngineSettings, env: dict[str, str],
     if settings.runner != "warm" or host is None or not host.usable_for(settings.python, env):
         return None
     if wants_spawn(path):
+        return None
+    shadowed = shadowing_module(path.parent, host.loaded_modules)
+    if shadowed:
+        # `python script.py` would import the folder's module; the runner already holds its own.
+        (log or logger).debug("script {} runs with spawn: its folder has a module {!r} that the warm runner "
+                              "has preloaded", path.name, shadowed)
         return None
     limits = {key: value for key, value in msgspec.structs.asdict(settings.script_limits).items()
               if value is not None}

@@ -218,6 +218,7 @@ class _Runner:
         self.dead = asyncio.Event()
         self.inflight: dict[int, WarmChild] = {}
         self.forks = 0
+        self.modules: frozenset[str] = frozenset()  # from its Ready
         self.retiring = False
         self._send_lock = asyncio.Lock()
         self._on_dead = on_dead
@@ -414,6 +415,12 @@ class WarmRunner:
 
     # ------------------------------------------------------------------ steps
 
+    @property
+    def loaded_modules(self) -> frozenset[str]:
+        """Top-level names of the modules the current runner holds (empty while none is ready)."""
+        runner = self._current
+        return runner.modules if runner is not None else frozenset()
+
     def usable_for(self, python: str, env: Mapping[str, str]) -> bool:
         """Whether a step with this interpreter and environment may run warm at all (same interpreter as
         the runner, and the environment the runner was exec'd with, which /proc/self/environ shows)."""
@@ -499,6 +506,7 @@ class WarmRunner:
             if isinstance(exc, TimeoutError):
                 raise RunnerStartFailed(f"not ready within {self.start_timeout:g}s") from None
             raise
+        runner.modules = frozenset(ready.modules)
         for problem in ready.preload_failed:
             self.log.warning("the warm script runner could not preload {}", problem)
         self.log.info("warm script runner {} ready in {:.0f} ms (generation {})", ready.pid, ready.start_ms,

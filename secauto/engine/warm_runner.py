@@ -95,6 +95,9 @@ class Ready(msgspec.Struct, tag="ready", array_like=True):
     python: str  # sys.version
     preload_failed: list[str]  # "module: error" for each module that could not be imported
     start_ms: float  # from the runner's first line to Ready
+    # Top-level names of every module the runner holds (preloaded, or imported by those): a script
+    # whose folder has a module of one of these names must spawn (see scripts.shadowing_module).
+    modules: list[str] = []
 
 
 class Started(msgspec.Struct, tag="started", array_like=True):
@@ -568,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.collect()
     gc.freeze()
     runner.send(Ready(pid=os.getpid(), python=sys.version, preload_failed=failed,
-                      start_ms=(time.perf_counter() - t0) * 1000))
+                      start_ms=(time.perf_counter() - t0) * 1000,
+                      modules=sorted({name.partition(".")[0] for name in sys.modules})))
     try:
         return runner.serve()
     except (BrokenPipeError, ConnectionResetError):  # the node is gone: take the children down with us

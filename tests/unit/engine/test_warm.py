@@ -370,3 +370,31 @@ async def test_fork_latency_is_recorded(warm: EngineSettings) -> None:
     assert stats.forks == 5
     assert stats.fork_ms_p50 is not None and 0 < stats.fork_ms_p50 < 1000
     assert stats.start_ms_p99 is not None and stats.start_ms_p99 >= 0
+
+
+async def test_a_folder_module_named_like_a_preloaded_one_makes_the_script_spawn(
+        warm: EngineSettings, tmp_path: Path) -> None:
+    """Spawned, a script imports a `json.py` beside it (its folder is sys.path[0]); a fork of the runner
+    already holds the standard json. Such a script spawns, so it behaves as it would under python."""
+    folder = tmp_path / "shadowing"
+    folder.mkdir()
+    (folder / "json.py").write_text("def load(stream):\n    return {'local': True}\n"
+                                    "def dumps(value):\n    return repr(sorted(value.items()))\n")
+    write_script(folder, "uses_json", """
+        import json, sys
+        print('{"local_json": "%s"}' % json.dumps(json.load(sys.stdin)).replace('"', "'"))
+    """)
+    settings = msgspec.structs.replace(warm, scripts_dir=folder)
+    result = await run([{"run": "uses_json"}], settings)
+    assert result.success, result.error
+    assert result.results[0].runner == "spawn"
+    assert result.results[0].output == {"local_json": "[('local', True)]"}
+    # Without the clash, the same folder runs warm again (the listing is re-read when the folder changes).
+    (folder / "json.py").unlink()
+    write_script(folder, "plain", """
+        import json, sys
+        print(json.dumps({"ok": json.load(sys.stdin) == {}}))
+    """)
+    result = await run([{"run": "plain"}], settings)
+    assert result.success, result.error
+    assert result.results[0].runner == "warm" and result.results[0].output == {"ok": True}
