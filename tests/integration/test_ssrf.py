@@ -18,6 +18,7 @@ from aiohttp import web
 from secauto.engine import netguard
 from secauto.node import Node
 from tests.support.nodes import auth, node_settings, running_node
+from tests.support.web import serving
 
 CLUSTER = "ssrf"
 
@@ -33,13 +34,8 @@ async def redirector() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/to", to)
     app.router.add_get("/ok", ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from loguru import logger
 
 from secauto.node import Node
 from tests.support.nodes import ADMIN_KEY, OPERATOR_KEY, auth, node_settings, running_node
+from tests.support.web import serving
 
 CLUSTER = "hooks"
 SECRET = "hook-secret-value-5d41402abc4b2a76"
@@ -189,7 +190,6 @@ async def test_webhooks_obey_the_outbound_policy(redis_url: str, receiver: Recei
 async def test_webhook_redirects_are_not_followed(redis_url: str, receiver: Receiver) -> None:
     """A 3xx answer is a failed attempt: following it would take the delivery to an address that was
     never checked."""
-    assert receiver._runner is not None
     moved: list[str] = []
 
     async def redirect(request: web.Request) -> web.Response:
@@ -198,17 +198,10 @@ async def test_webhook_redirects_are_not_followed(redis_url: str, receiver: Rece
 
     app = web.Application()
     app.router.add_post("/moved", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    hooks = [{"url": f"http://127.0.0.1:{port}/moved", "events": ["job.completed"], "retries": 0}]
-    try:
+    async with serving(app) as base:
+        hooks = [{"url": f"{base}/moved", "events": ["job.completed"], "retries": 0}]
         stack, [node] = await start_nodes(redis_url, 1, webhooks=hooks)
         async with stack, aiohttp.ClientSession() as session:
             await submit(session, node, {"playbook": [{"action": "log", "message": "x"}]})
             await _wait_metric(session, node, 'secauto_webhook_deliveries_total{outcome="failed"} 1.0')
-    finally:
-        await runner.cleanup()
     assert moved == ["/moved"] and receiver.deliveries == []

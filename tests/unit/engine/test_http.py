@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from secauto.engine import EngineSettings
+from tests.support.web import serving
 from tests.unit.engine.conftest import run
 
 
@@ -48,15 +49,8 @@ async def server() -> AsyncIterator[str]:
     app.router.add_get("/slow", _slow)
     app.router.add_get("/big", _big)
     app.router.add_get("/bad_json", _bad_json)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def request(settings: EngineSettings, step: dict[str, Any], context: dict[str, Any] | None = None) -> Any:

@@ -12,6 +12,7 @@ import pytest
 from secauto.engine import EngineSettings, PlaybookInvalid, run_playbook, validate_playbook
 from secauto.engine.secrets import WHERE_ALLOWED, SecretUnavailable
 from secauto.redaction import REDACTOR
+from tests.support.web import serving
 from tests.unit.engine.conftest import write_script
 
 TOKEN = 'tok-"quoted"\\and-long-9f8e7d'
@@ -122,17 +123,10 @@ async def test_http_request_sends_the_value_in_a_header(settings: EngineSettings
 
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-        result = await run_playbook([{"action": "http_request", "url": url,
+    async with serving(app) as base:
+        result = await run_playbook([{"action": "http_request", "url": f"{base}/",
                                       "headers": {"Authorization": "Bearer {{secrets.api}}"}}], {}, settings,
                                     secrets=FakeVault({"api": TOKEN}))
-    finally:
-        await runner.cleanup()
     assert result.success, result.error
     assert seen == [f"Bearer {TOKEN}"]
 
