@@ -42,7 +42,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -737,6 +737,17 @@ async def drop_held_jobs(redis: BenchRedis, ids: Sequence[str], keys: Keys = KEY
         await redis.r.delete(*(keys.job_prefix + job_id for job_id in chunk))
 
 
+async def _measure_into(result: dict[str, Any], key: str, measurement: Awaitable[dict[str, Any]]) -> bool:
+    """``result[key]`` = what ``measurement`` returns, or its error and traceback (False) when it failed:
+    one failed measurement is reported and the others go on."""
+    try:
+        result[key] = await measurement
+    except Exception as exc:
+        result[key] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+        return False
+    return True
+
+
 async def submit_probe(opts: argparse.Namespace, redis: BenchRedis, workdir: Path) -> dict[str, Any]:
     """The single-job ``POST /cluster/jobs`` rate and latency of one node, side by side with a bare aiohttp
     handler (benchmarks/bare.py: read, decode, answer; no auth, validation, Redis or logging).
@@ -1079,26 +1090,12 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
                                  "traceback": traceback.format_exc(limit=5), "logs": str(run.nodes.workdir)})
                 report.print_run(runs[-1])
         log("single-submit probe: one node vs a bare aiohttp handler")
-        try:
-            result["submit_probe"] = await submit_probe(opts, redis, workdir)
-        except Exception as exc:
-            failed = True
-            result["submit_probe"] = {"error": f"{type(exc).__name__}: {exc}",
-                                      "traceback": traceback.format_exc(limit=5)}
+        failed |= not await _measure_into(result, "submit_probe", submit_probe(opts, redis, workdir))
         if "script" in opts.scenarios and not opts.submit_only:
             log("run_script cost vs bare interpreter")
-            try:
-                result["script_cost"] = await script_cost(opts, redis, workdir)
-            except Exception as exc:
-                failed = True
-                result["script_cost"] = {"error": f"{type(exc).__name__}: {exc}"}
+            failed |= not await _measure_into(result, "script_cost", script_cost(opts, redis, workdir))
             log("script runners: warm vs spawn on one node")
-            try:
-                result["script_runners"] = await script_runners(opts, redis, workdir)
-            except Exception as exc:
-                failed = True
-                result["script_runners"] = {"error": f"{type(exc).__name__}: {exc}",
-                                            "traceback": traceback.format_exc(limit=5)}
+            failed |= not await _measure_into(result, "script_runners", script_runners(opts, redis, workdir))
         if opts.compare and not opts.submit_only:
             result["compare"] = await compare(opts, redis, runs, result.get("script_runners"))
     except asyncio.CancelledError:
