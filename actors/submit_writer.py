@@ -14,16 +14,17 @@ its jobs are stored (and, with ``durable_submit``, acknowledged by the replicas)
 (Redis unreachable, durability not reached, a script error) fails the futures of every submission in
 it with that exception.
 
-Submissions by a key with a ``max_pending`` quota share calls only with submissions of the same key
-and quota: the script refuses such a call whole (``QuotaExceeded``) when its jobs do not all fit, and
-the writer then sends its submissions again one call each, in order, so that exactly those that do not
-fit are refused, each whole. Far from the quota this costs nothing (a key with a quota submitting 16
-at a time was half as fast when each submission had a call of its own); at the quota it costs one
-refused call per batch. Submissions without a quota never share a call with quota'd ones. When the
-writer stops
-(dispatcher stopping or restarting), every submission not yet answered fails with ``ActorDeadError``:
-none is left waiting, and until it runs again :meth:`SubmitWriter.add` refuses new ones with
-``ActorDeadError`` (the API answers 503 with Retry-After).
+Submissions by a key with a ``max_pending`` quota share calls only with submissions of the same key and
+quota: the script refuses such a call whole (``QuotaExceeded``) when its jobs do not all fit, and says
+how many of the key's jobs are live; the writer then fails, in order, the submissions that do not fit
+and sends the others in one more call (if the count moved meanwhile and that call is refused too, one
+call each), so that exactly those that do not fit are refused, each whole. Far from the quota this costs
+nothing (a key with a quota submitting 16 at a time was half as fast when each submission had a call of
+its own); at the quota it costs one refused call and one more per batch. Submissions without a quota
+never share a call with quota'd ones. When the writer stops (dispatcher stopping or restarting), every
+submission not yet answered fails with ``ActorDeadError``: none is left waiting, and until it runs again
+:meth:`SubmitWriter.add` refuses new ones with ``ActorDeadError`` (the API answers 503 with
+Retry-After).
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ class SubmitWriter:
                     submission.done.set_exception(ActorDeadError("the dispatcher stopped before storing the job"))
             self._pending.clear()
 
-    async def _store(self, batch: list[_Submission]) -> None:
+    async def _store(self, batch: list[_Submission], *, retry: bool = False) -> None:
         """One script call for ``batch``; resolves or fails each submission's future. A quota'd batch
-        refused whole is sent again one submission per call (see the module docstring)."""
+        refused whole is sent again with only the submissions that fit (see the module docstring);
+        if that ``retry`` is refused too, one submission per call."""
         jobs = [job for submission in batch for job in submission.jobs]
         delays = [delay for submission in batch for delay in submission.delays_ms]
         now = utc_now()  # one timestamp for the events of one call (they are published together)
@@ -115,9 +117,13 @@ class SubmitWriter:
         except QuotaExceeded as exc:
             if len(batch) == 1:
                 _fail(batch, exc)
-                return
-            for submission in batch:  # which of them fit: each alone, in the order they came
-                await self._store([submission])
+            elif not retry:
+                fitting = _fitting(batch, exc)
+                if fitting:
+                    await self._store(fitting, retry=True)
+            else:  # the key's count moved since the refusal (another node): each alone, in order
+                for submission in batch:
+                    await self._store([submission], retry=True)
             return
         except Exception as exc:  # each waiting request answers it (503 for Redis errors)
             _fail(batch, exc)
@@ -135,6 +141,20 @@ def _may_share_a_call(head: _Submission, following: _Submission) -> bool:
     script refuses a whole call for one unknown dependency, and that refusal must reach only the
     submission that named it. Not across quotas: a call counts against one quota."""
     return not head.has_dependencies and not following.has_dependencies and head.quota == following.quota
+
+
+def _fitting(batch: list[_Submission], refusal: QuotaExceeded) -> list[_Submission]:
+    """The submissions of a refused quota'd call that fit, in order, in the room the refusal reported
+    (what one call each would store); the others fail now with QuotaExceeded."""
+    room = refusal.max_pending - refusal.live
+    fitting: list[_Submission] = []
+    for submission in batch:
+        if len(submission.jobs) <= room:
+            fitting.append(submission)
+            room -= len(submission.jobs)
+        else:
+            _fail([submission], QuotaExceeded(refusal.max_pending - room, refusal.max_pending))
+    return fitting
 
 
 def _fail(batch: list[_Submission], exc: BaseException) -> None:

@@ -29,6 +29,7 @@ class RecordingQueue:
         self.quotas: list[Quota | None] = []  # per call
         self.full: set[str] = set()  # key names whose quota refuses
         self.live: dict[str, int] = {}  # jobs stored per quota'd key: refuses what would pass max_pending
+        self.stale_by = 0  # a refusal under-reports the live count by this much (another node's jobs)
 
     async def submit(self, jobs: Sequence[Job], events: Sequence[Event], *, delays_ms: Sequence[int] | None = None,
                      durable_replicas: int = 0, durable_timeout_ms: int = 0, quota: Quota | None = None) -> int:
@@ -43,7 +44,7 @@ class RecordingQueue:
         if quota is not None:
             live = self.live.get(quota.key_name, 0)
             if live + len(jobs) > quota.max_pending:
-                raise QuotaExceeded(live, quota.max_pending)
+                raise QuotaExceeded(live - self.stale_by, quota.max_pending)
             self.live[quota.key_name] = live + len(jobs)
         return len(jobs)
 
@@ -173,7 +174,7 @@ async def test_quota_submissions_share_calls_only_with_the_same_quota_and_only_t
     assert all(result is None for index, result in enumerate(results) if index != 5)
 async def test_submissions_of_one_quota_share_a_call_and_a_refused_call_is_split(writer: Any) -> None:
     """Far from the quota, a key's concurrent submissions share calls like any others; when a shared
-    call is refused, each submission is sent again alone, in order: exactly those that do not fit fail."""
+    call is refused, exactly those that do not fit (in order) fail and the others are stored."""
     submit_writer, queue, _ = writer
     quota = Quota(key_name="ci", max_pending=5)
     queue.gate.clear()
@@ -190,11 +191,31 @@ async def test_submissions_of_one_quota_share_a_call_and_a_refused_call_is_split
             submit_writer.add([job()], quota=quota)]
     queue.gate.set()
     results = await asyncio.gather(head, *rest, return_exceptions=True)
-    # head fits (4 of 5); the next three together do not: alone, the 1-job one fits, the others not
-    assert [len(ids) for ids, _, _ in queue.calls][2:] == [1, 4, 1, 2, 1]
+    # head fits (4 of 5); the next three together do not: the refusal says 4 of 5 are live, so the
+    # first (1 job) goes in one more call and the others fail without a call of their own
+    assert [len(ids) for ids, _, _ in queue.calls][2:] == [1, 4, 1]
+    assert queue.calls[-1][0] == queue.calls[-2][0][:1]
     assert results[:2] == [None, None]
     assert all(isinstance(result, QuotaExceeded) for result in results[2:])
     assert queue.live["ci"] == 5
+
+
+async def test_when_the_count_moved_after_a_refusal_each_submission_goes_alone(writer: Any) -> None:
+    """The refusal's live count is already old when the writer acts on it (another node's jobs): if the
+    call of the submissions that seemed to fit is refused too, each goes alone, in order."""
+    submit_writer, queue, _ = writer
+    quota = Quota(key_name="ci", max_pending=3)
+    queue.live["ci"], queue.stale_by = 2, 1  # 2 live, refusals say 1
+    queue.gate.clear()
+    head = submit_writer.add([job()])  # no quota: holds the writer while the others queue up
+    await asyncio.sleep(0)
+    rest = [submit_writer.add([job()], quota=quota) for _ in range(3)]
+    queue.gate.set()
+    results = await asyncio.gather(head, *rest, return_exceptions=True)
+    # 3 together refused; "1 live" lets 2 try together: refused; then alone: the first fits, the second not
+    assert [len(ids) for ids, _, _ in queue.calls] == [1, 3, 2, 1, 1]
+    assert results[:2] == [None, None] and all(isinstance(r, QuotaExceeded) for r in results[2:])
+    assert queue.live["ci"] == 3
 
 
 async def test_a_submission_with_dependencies_has_a_call_of_its_own(writer: Any) -> None:
