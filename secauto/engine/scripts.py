@@ -190,7 +190,7 @@ async def _start_warm(path: Path, settings: EngineSettings, env: dict[str, str],
               if value is not None}
     user = settings.script_user
     try:
-        return await host.start_step(path, argv=[str(path)], cwd=path.parent, env=env, limits=limits,
+        return await host.start_step(path, argv=[str(path)], cwd=path.parent, limits=limits,
                                      user=(user.uid, user.gid, user.name) if user is not None else None,
                                      log=log)
     except RunnerUnavailable as exc:

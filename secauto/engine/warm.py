@@ -426,10 +426,11 @@ class WarmRunner:
         the runner, and the environment the runner was exec'd with, which /proc/self/environ shows)."""
         return python == self.python and env == self.env
 
-    async def start_step(self, path: Path, *, argv: Sequence[str], cwd: Path, env: Mapping[str, str],
+    async def start_step(self, path: Path, *, argv: Sequence[str], cwd: Path,
                          limits: Mapping[str, int] | None = None, user: tuple[int, int, str] | None = None,
                          log: Logger | None = None) -> WarmChild:
-        """Start script ``path`` in a fork of the current runner; returns its :class:`WarmChild` with the
+        """Start script ``path`` in a fork of the current runner (the caller checked :meth:`usable_for`: the
+        script gets the runner's environment); returns its :class:`WarmChild` with the
         pipes attached. ``limits`` (the engine.script_limits that are set) and ``user`` (engine.script_user
         as uid, gid, name) are applied in the child before the script runs. Raises
         :class:`RunnerUnavailable` when no runner is ready or the runner could not take the step (nothing
@@ -445,7 +446,7 @@ class WarmRunner:
         loop = asyncio.get_running_loop()
         child = WarmChild(step_id, path, log or self.log, loop.time())
         message = _ENCODER.encode(RunStep(id=step_id, path=str(path), argv=list(argv), cwd=str(cwd),
-                                          env=dict(env), limits=dict(limits or {}), user=user))
+                                          limits=dict(limits or {}), user=user))
         runner.inflight[step_id] = child
         try:
             await runner.send(message, [stdin_r, stdout_w, stderr_w])

@@ -28,7 +28,9 @@ for one step only.
 
 The child becomes the script as ``python <path>`` would run it: its own session and process group,
 ``PR_SET_PDEATHSIG`` (it dies with the runner), the three pipes on fds 0-2 and every other fd closed,
-the limits (:func:`_apply_child_limits`), the step's environment as ``os.environ``, the working
+the limits (:func:`_apply_child_limits`), the runner's environment (the node sends a step here only
+when the script's environment is the one the runner was exec'd with, so ``os.environ`` is what
+``python`` would have, ``LC_CTYPE`` coercion included), the working
 directory, ``sys.argv``, the script's folder first on ``sys.path``, fresh ``sys.std*`` objects, and the
 cached code executed in a new ``__main__`` module. Exit as in the interpreter: ``SystemExit`` codes,
 traceback and status 1 for an uncaught exception, non-daemon threads joined, ``atexit`` handlers run,
@@ -81,7 +83,6 @@ class RunStep(msgspec.Struct, tag="run", array_like=True):
     path: str  # the resolved script file (the node confined it to scripts_dir)
     argv: list[str]  # sys.argv of the script
     cwd: str
-    env: dict[str, str]  # os.environ of the script (the runner was exec'd with the same one)
     # engine.script_limits that are set (cpu_seconds, memory_mb, open_files, processes) and
     # engine.script_user as (uid, gid, name); see _apply_child_limits.
     limits: dict[str, int] = {}
@@ -477,15 +478,12 @@ class Runner:
             os._exit(1)
 
     def become(self, step: RunStep, entry: _Entry, fds: list[int]) -> None:
-        """Stdio on fds 0-2, every other fd closed, limits, directory, environment; run; os._exit."""
+        """Stdio on fds 0-2, every other fd closed, limits, directory; run; os._exit."""
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
         os.closerange(3, _max_fd())
         _apply_child_limits(step)
         os.chdir(step.cwd)
-        if os.environ != step.env:  # normally equal: the runner was exec'd with the scripts' environment
-            os.environ.clear()
-            os.environ.update(step.env)
         _fresh_stdio()
         os._exit(_run_main(step, entry))
 

@@ -91,6 +91,24 @@ async def test_traversal_in_a_playbook_spawns_nothing(settings: EngineSettings, 
 # ---------------------------------------------------------------- environment
 
 
+async def test_warm_and_spawned_scripts_see_the_same_environment(settings: EngineSettings,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without LANG, Python coerces the C locale and adds LC_CTYPE to its own os.environ: a spawned
+    script has it, and so must a fork of the runner (whose interpreter did the same at its start)."""
+    monkeypatch.delenv("LANG", raising=False)
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_CTYPE", raising=False)
+    base = msgspec.structs.replace(settings, script_env={"VT_API_URL": "http://127.0.0.1:1"})
+    seen = {}
+    for mode in ("warm", "spawn"):
+        async with in_mode(base, mode) as chosen:
+            result = await run([{"run": "env_dump"}], chosen)
+        assert result.success, result.error
+        assert result.results[0].runner == mode
+        seen[mode] = result.context["env"]
+    assert seen["warm"] == seen["spawn"]
+
+
 async def test_environment_is_an_allowlist(settings: EngineSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECAUTO_API_KEY", "super-secret-key")
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2@redis:6379")
