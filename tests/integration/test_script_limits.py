@@ -19,9 +19,10 @@ import aiohttp
 import msgspec
 import pytest
 
-from secauto.engine import StepError
+from secauto.engine import EngineSettings, StepError
+from secauto.engine.results import StepNotes
 from secauto.engine.script_limits import ScriptLimits
-from secauto.engine.scripts import run_script
+from secauto.engine.scripts import run_script as run_script_in_some_mode
 from tests.integration.conftest import ScriptRunner
 from tests.support.nodes import auth, node_settings, running_node
 from tests.support.script_users import processes_of
@@ -34,6 +35,16 @@ time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
 total = sum(range(100_000))
 print(json.dumps({"total": total}))
 """
+
+
+async def run_script(name: str, payload: dict[str, Any], settings: EngineSettings) -> dict[str, Any]:
+    """run_script, checking that the step ran in the mode under test (a warm runner that is not usable
+    would silently spawn, and the warm runs would test spawn again)."""
+    notes = StepNotes()
+    try:
+        return await run_script_in_some_mode(name, payload, settings, notes=notes)
+    finally:
+        assert notes.runner == settings.runner, f"ran with {notes.runner}, not {settings.runner}"
 
 
 def processes_running(path: Path) -> list[int]:
@@ -258,6 +269,8 @@ async def test_an_interpreter_the_script_user_cannot_reach_is_explained(script_r
     runner = script_runner_mode
     if runner.user is None:
         pytest.skip("only a root test run switches scripts to another user")
+    if runner.mode == "warm":
+        pytest.skip("another engine.python always spawns (tests/unit/engine/test_warm.py); the spawn run covers it")
     hidden = tmp_path / "private"  # under pytest's 0700 folder: the script user cannot get in
     hidden.mkdir(mode=0o700)
     (hidden / "python").symlink_to(runner.python)
@@ -305,6 +318,7 @@ async def test_node_fails_only_the_step_over_a_limit(script_runner_mode: ScriptR
         spun = await submit(http, [{"action": "run_script", "script": "spin"}])
         jobs = {job_id: await wait_job(http, job_id) for job_id in (steady, bombed, spun)}
         assert jobs[steady]["status"] == "completed", jobs[steady]
+        assert {job["results"][0]["runner"] for job in jobs.values()} == {runner.mode}  # no silent fallback
         assert jobs[bombed]["status"] == "failed"
         assert "engine.script_limits.processes" in jobs[bombed]["error"], jobs[bombed]["error"]
         assert jobs[spun]["status"] == "failed"
