@@ -438,7 +438,6 @@ class Runner:
 
     def wait_as_spare(self, sock: socket.socket) -> None:
         """In a spare child: prepare, wait for one step (message + three fds), run it; never returns."""
-        status = 1
         try:
             self.prepare_child()
             keep = sock.fileno()
@@ -454,7 +453,7 @@ class Runner:
         except BaseException as exc:
             _report_start_failure(exc)
         finally:
-            os._exit(status)
+            os._exit(1)  # become() never returns: only a failure gets here
 
     def prepare_child(self) -> None:
         """The first things a fresh fork does: its own session, death with the runner, default signals."""
