@@ -174,16 +174,13 @@ def _last_match(pattern: re.Pattern[str], text: str) -> int:
     return position
 
 
-def limit_exceeded(limits: ScriptLimits, *, returncode: int, stderr: bytes,
-                   tail_bytes: int = LIMIT_TAIL_BYTES) -> str | None:
+def limit_exceeded(limits: ScriptLimits, *, returncode: int, stderr: bytes) -> str | None:
     """The limit a failed script most likely hit, worded to follow ``script 'name'``, or None.
 
     ``returncode`` is the exit status (negative: killed by that signal). CPU is read from the signal:
     SIGXCPU is the soft limit; SIGKILL with a CPU limit set is reported as the hard limit (a script that
     handled SIGXCPU), saying that the OOM killer also sends it. Memory, processes and open files are
-    read from the last of their tell-tale messages in the last ``tail_bytes`` of ``stderr`` (all of it
-    for output cut at the cap, where the end is arbitrary), and only for a limit that is set; a script
-    that prints those words itself is misreported, which changes only the wording of its step's error.
+    read from the stderr tail (:func:`limit_in_stderr`).
     """
     if returncode == 0:
         return None
@@ -194,7 +191,16 @@ def limit_exceeded(limits: ScriptLimits, *, returncode: int, stderr: bytes,
         return (f"was killed by SIGKILL: the kernel sends it when a script passes engine.script_limits.cpu_seconds "
                 f"by {CPU_GRACE_SECONDS}s ({cpu + CPU_GRACE_SECONDS}s of CPU time, after ignoring SIGXCPU at "
                 f"{cpu}s), and the out-of-memory killer sends it too")
-    tail = stderr[-tail_bytes:].decode(errors="replace")
+    return limit_in_stderr(limits, stderr[-LIMIT_TAIL_BYTES:])
+
+
+def limit_in_stderr(limits: ScriptLimits, stderr: bytes) -> str | None:
+    """The memory, processes or open-files limit that ``stderr`` shows was hit (the last of their
+    tell-tale messages wins), worded to follow ``script 'name'``, or None. Only limits that are set
+    count; a script that prints those words itself is misreported, which changes only the wording of
+    its step's error. Pass the tail of a finished script's stderr, or all of an output cut at the cap
+    (where the end is arbitrary)."""
+    tail = stderr.decode(errors="replace")
     found: list[tuple[int, str]] = []
     if limits.memory_mb is not None:
         found.append((_last_match(_MEMORY_RE, tail),

@@ -47,7 +47,13 @@ from loguru import logger
 from secauto.engine.errors import StepError, short
 from secauto.engine.process import OutputTooLarge, ProcessFailure, ProcessOutcome, run_process, supervise
 from secauto.engine.results import StepNotes
-from secauto.engine.script_limits import ScriptLimits, apply_in_child, limit_exceeded, start_failure
+from secauto.engine.script_limits import (
+    ScriptLimits,
+    apply_in_child,
+    limit_exceeded,
+    limit_in_stderr,
+    start_failure,
+)
 from secauto.engine.settings import EngineSettings
 from secauto.engine.warm import RunnerUnavailable, WarmChild
 from secauto.engine.warm_runner import START_FAILED, START_FAILED_PREFIX
@@ -297,8 +303,7 @@ async def run_script(
     except ProcessFailure as exc:
         message = f"script {name!r} {exc}"
         if isinstance(exc, OutputTooLarge):  # e.g. a fork bomb whose every failed fork prints a traceback
-            hit = limit_exceeded(settings.script_limits, returncode=1, stderr=exc.stderr,
-                                 tail_bytes=len(exc.stderr))
+            hit = limit_in_stderr(settings.script_limits, exc.stderr)
             message = f"{message}; it {hit}" if hit else message
         raise StepError(_with_stderr(message, exc.stderr)) from None
     except OSError as exc:
