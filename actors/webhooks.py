@@ -161,8 +161,7 @@ class WebhookActor(Actor):
         assert self._session is not None and self._resolver is not None
         url = URL(hook.url)
         async with asyncio.timeout(hook.timeout):
-            host, port = url.raw_host or "", url.port or 0
-            self._resolver.pin(host, port, await self._resolver.guard.vet(host, port))
+            await self._resolver.vet_and_pin(url)
             async with self._session.post(url, data=payload, headers=headers, allow_redirects=False) as response:
                 yield response
 

@@ -35,6 +35,7 @@ from secauto.engine.errors import StepError
 
 if TYPE_CHECKING:
     from aiohttp.abc import ResolveResult
+    from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -193,6 +194,13 @@ class PinnedResolver(AbstractResolver):
 
     def pin(self, host: str, port: int, addresses: list[ResolveResult]) -> None:
         self._pinned[(_normal(host), port)] = addresses
+
+    async def vet_and_pin(self, url: URL) -> None:
+        """Check ``url``'s host under the policy and pin the addresses checked, so the connection goes
+        to them. Call it before every request (and hop): aiohttp never asks the resolver about an IP
+        literal, so this is the check for those. Raises AddressRefused, or StepError (no address)."""
+        host, port = url.raw_host or "", url.port or 0
+        self.pin(host, port, await self.guard.vet(host, port))
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:

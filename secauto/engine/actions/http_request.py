@@ -130,9 +130,8 @@ async def _send(session: aiohttp.ClientSession, resolver: PinnedResolver, reques
     """Send ``request``, following redirects (each hop checked, then pinned to the checked addresses).
     Raises AddressRefused for a refused hop, StepError for too many redirects or a bad location."""
     for hop in range(MAX_REDIRECTS + 1):
-        host, port = request.url.raw_host or "", request.url.port or 0
         try:
-            resolver.pin(host, port, await resolver.guard.vet(host, port))
+            await resolver.vet_and_pin(request.url)
         except AddressRefused as exc:
             where = f" redirect {hop} to {_quote(str(request.url))}" if hop else ""
             raise AddressRefused(f"refused{where}: {exc.message}") from None
