@@ -128,20 +128,24 @@ async def test_line_logger_writes_the_same_line_as_loguru_masked_alike(monkeypat
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     configure_logging(LoggingConfig(level="info", destination="stderr"), node_id="node-1")
+    seen_by_loguru: list[str] = []  # a second loguru handler: only the logger.bind() line reaches it
+    logger.add(lambda message: seen_by_loguru.append(message.record["message"]), level="INFO")
     REDACTOR.add(["hunter2-secret-value"])
     try:
         fields = {"actor": "ops", "status": 200, "target": None, "job_id": "job-1"}
-        LineLogger(component="audit").info("audit: {} by {} (hunter2-secret-value)", "job.submit", "ops", **fields)
+        LineLogger(component="audit").info("audit: {} by {} (hunter2-secret-value)", "job.cancel", "ops", **fields)
         logger.bind(component="audit").info("audit: {} by {} (hunter2-secret-value)", "job.submit", "ops", **fields)
         await asyncio.sleep(0)
     finally:
         REDACTOR.clear()
         logger.remove()
+    assert seen_by_loguru == ["audit: job.submit by ops (***)"]  # the LineLogger line bypassed loguru
     direct, through_loguru = (json.loads(line) for line in stream.getvalue().splitlines())
     assert list(direct) == list(through_loguru) == ["timestamp", "level", "component", "message", "job_id", "node_id",
                                                    "actor", "status", "target"]
-    assert {**direct, "timestamp": None} == {**through_loguru, "timestamp": None}
-    assert direct["message"] == "audit: job.submit by ops (***)" and direct["node_id"] == "node-1"
+    assert {**direct, "timestamp": None, "message": None} == {**through_loguru, "timestamp": None, "message": None}
+    assert direct["message"] == "audit: job.cancel by ops (***)" and direct["node_id"] == "node-1"
+    assert through_loguru["message"] == "audit: job.submit by ops (***)"
 
 
 @pytest.mark.parametrize("config", [LoggingConfig(level="warning", destination="stderr"),
