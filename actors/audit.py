@@ -1,11 +1,11 @@
 """AuditActor: writes the node's audit entries to the cluster's audit stream, in batches.
 
 The API hands it each audited request's entry with :meth:`AuditActor.record`, a plain call from the
-request's task (no mailbox hop, no Redis round-trip on the request path; :class:`RecordAudit` does
-the same through the mailbox). Each entry is logged at once as a ``component=audit`` line, buffered, and written with
-the others of its batch in one script call :data:`FLUSH_DELAY_S` after the first of them
-(or as soon as :data:`FLUSH_AT` are waiting). So on a hard crash (SIGKILL, power loss) the entries of
-the last ~100 ms are missing from the stream, though not from the log; a graceful stop writes them.
+request's task (no mailbox hop, no Redis round-trip on the request path). Each entry is logged at once
+as a ``component=audit`` line, buffered, and written with the others of its batch in one script call
+:data:`FLUSH_DELAY_S` after the first of them (or as soon as :data:`FLUSH_AT` are waiting). So on a hard
+crash (SIGKILL, power loss) the entries of the last ~100 ms are missing from the stream, though not from
+the log; a graceful stop writes them.
 
 While Redis is unreachable (or read-only: a demoted primary during a failover) the entries wait, up to
 :data:`MAX_BUFFERED` (the oldest are dropped beyond that, with an error log and
@@ -35,12 +35,6 @@ MAX_BUFFERED = 10_000
 RETRY_S = 1.0
 # Redis unreachable, or a demoted primary during a Sentinel failover (until the heartbeat follows it).
 _REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
-
-
-class RecordAudit(msgspec.Struct, frozen=True):
-    """Tell: one audit entry to log and store."""
-
-    entry: AuditEntry
 
 
 class FlushAudit(msgspec.Struct, frozen=True):
@@ -81,9 +75,6 @@ class AuditActor(Actor):
 
     async def receive(self, message: Any) -> Any:
         match message:
-            case RecordAudit(entry=entry):
-                if self._take(entry):
-                    await self._flush()
             case FlushAudit():
                 self.flush_told = False
                 if self.buffer:

@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 
-from actors.audit import FLUSH_AT, AuditActor, FlushAudit, RecordAudit
+from actors.audit import FLUSH_AT, AuditActor, FlushAudit
 from actors.core import ActorDeadError, ActorSystem
 from actors.keys import CheckKeys, KeysActor, ReloadKeys
 from secauto.config import ApiKey
@@ -58,14 +58,14 @@ async def test_audit_entries_wait_for_redis_and_are_written_once_in_order() -> N
     ref = await system.spawn(actor, name="audit")
     try:
         for n in range(FLUSH_AT + 50):
-            ref.tell(RecordAudit(entry(n)))
+            actor.record(entry(n))
         await wait_for(lambda: len(actor.buffer) == FLUSH_AT + 50)
         assert store.calls <= 2  # past FLUSH_AT while Redis is down: no write attempt per entry
         store.failures = 0  # Redis is back
         await ref.ask(FlushAudit())
         assert [e.target for e in store.stored] == [f"job-{n}" for n in range(FLUSH_AT + 50)]
         assert written(metrics, "written") == FLUSH_AT + 50 and written(metrics, "dropped") == 0
-        ref.tell(RecordAudit(entry(999)))  # and the next entries are written without waiting for a retry
+        actor.record(entry(999))  # and the next entries are written without waiting for a retry
         await wait_for(lambda: len(store.stored) == FLUSH_AT + 51)
     finally:
         await system.stop()
@@ -74,10 +74,10 @@ async def test_audit_entries_wait_for_redis_and_are_written_once_in_order() -> N
 async def test_a_read_only_primary_during_a_failover_does_not_crash_the_audit_actor() -> None:
     store = FlakyAuditStore(failures=20, error=ReadOnlyError("You can't write against a read only replica."))
     system = ActorSystem("t")
-    ref = await system.spawn(AuditActor("n", store, NodeMetrics("n"), flush_delay=0.001, retry_delay=0.001),  # type: ignore[arg-type]
-                             name="audit")
+    actor = AuditActor("n", store, NodeMetrics("n"), flush_delay=0.001, retry_delay=0.001)  # type: ignore[arg-type]
+    ref = await system.spawn(actor, name="audit")
     try:
-        ref.tell(RecordAudit(entry(1)))
+        actor.record(entry(1))
         await wait_for(lambda: store.stored)
         assert ref.is_alive and system.fatal is None and store.calls == 21
     finally:
@@ -87,11 +87,11 @@ async def test_a_read_only_primary_during_a_failover_does_not_crash_the_audit_ac
 async def test_audit_buffer_is_bounded_and_drops_the_oldest() -> None:
     store, metrics = FlakyAuditStore(failures=1_000_000), NodeMetrics("n")
     system = ActorSystem("t")
-    ref = await system.spawn(AuditActor("n", store, metrics, flush_delay=0.01, retry_delay=60, max_buffered=10),  # type: ignore[arg-type]
-                             name="audit")
+    actor = AuditActor("n", store, metrics, flush_delay=0.01, retry_delay=60, max_buffered=10)  # type: ignore[arg-type]
+    ref = await system.spawn(actor, name="audit")
     try:
         for n in range(25):
-            ref.tell(RecordAudit(entry(n)))
+            actor.record(entry(n))
         await wait_for(lambda: written(metrics, "dropped") == 15)
         store.failures = 0
         await ref.ask(FlushAudit())
