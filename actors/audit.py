@@ -20,21 +20,17 @@ from typing import Any
 
 import msgspec
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.core import Actor, ActorDeadError
 from secauto.logs import LineLogger
 from secauto.metrics import NodeMetrics
 from secauto.store.audit import AuditEntry, AuditStore
+from secauto.store.connection import REDIS_UNAVAILABLE
 
 FLUSH_DELAY_S = 0.1
 FLUSH_AT = 200
 MAX_BUFFERED = 10_000
 RETRY_S = 1.0
-# Redis unreachable, or a demoted primary during a Sentinel failover (until the heartbeat follows it).
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 
 class FlushAudit(msgspec.Struct, frozen=True):
@@ -69,7 +65,7 @@ class AuditActor(Actor):
         if self.buffer:
             try:
                 await self._write()
-            except _REDIS_ERRORS as exc:
+            except REDIS_UNAVAILABLE as exc:
                 self.log.error("{} audit entries could not be stored at shutdown ({}); they are in the log",
                                len(self.buffer), exc)
 
@@ -120,7 +116,7 @@ class AuditActor(Actor):
         try:
             await self._write()
             self.backing_off = False
-        except _REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.backing_off = True
             self.log.warning("cannot store {} audit entries ({}); retrying in {:g}s", len(self.buffer), exc,
                              self.retry_delay)

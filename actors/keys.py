@@ -19,18 +19,14 @@ from typing import Any
 
 import msgspec
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.core import Actor
 from secauto.keyring import KeyRing
 from secauto.store.apikeys import KeyStore
+from secauto.store.connection import REDIS_UNAVAILABLE
 
 CHECK_INTERVAL_S = 0.5
 USAGE_FLUSH_S = 5.0
-# Redis unreachable, or a demoted primary during a Sentinel failover (the usage write is refused there).
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 
 class CheckKeys(msgspec.Struct, frozen=True):
@@ -57,7 +53,7 @@ class KeysActor(Actor):
     async def on_start(self) -> None:
         try:
             await self._reload()
-        except _REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.log.warning("cannot load the API keys yet ({}); only config keys work until Redis answers", exc)
         self.start_timer("check", self.check_interval, CheckKeys())
         self.start_timer("flush", self.flush_interval, FlushUsage())
@@ -71,7 +67,7 @@ class KeysActor(Actor):
                 try:
                     if await self.store.version() != self.keyring.version:
                         await self._reload()
-                except _REDIS_ERRORS as exc:
+                except REDIS_UNAVAILABLE as exc:
                     self.log.warning("cannot check the API keys ({}); retrying", exc)
             case ReloadKeys():
                 return await self._reload()
@@ -100,6 +96,6 @@ class KeysActor(Actor):
             return
         try:
             await self.store.record_usage({name: int(when * 1000) for name, when in usage.items()})
-        except _REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.keyring.restore_usage(usage)
             self.log.warning("cannot record key usage ({}); retrying at the next flush", exc)

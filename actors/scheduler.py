@@ -20,9 +20,7 @@ from typing import Any
 
 import msgspec
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor
@@ -49,12 +47,11 @@ from secauto.schedules.definition import (
 )
 from secauto.schedules.plan import plan_pass
 from secauto.schedules.timing import NEVER, CronError, iso_ms
+from secauto.store.connection import REDIS_UNAVAILABLE
 from secauto.store.schedules import FireEntry, PauseResult, ScheduleStore, UpsertMode, UpsertResult
 
 TICK_S = 1.0  # the longest a new or changed schedule waits before the leader looks at it
 DUE_BATCH = 200  # pending slots read per tick (more are read at once if all of them were due)
-# Redis unreachable, or a primary being demoted (Sentinel failover): try again on the next tick.
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 _STALE_RETRIES = 3
 
 
@@ -222,7 +219,7 @@ class SchedulerActor(Actor):
             if self.token is not None:
                 for name in await self.store.buffered():
                     await self._release(name, now)
-        except _REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.log.warning("scheduler tick failed, will retry: {}", exc)
             return
         if self.token is None:

@@ -24,9 +24,7 @@ import asyncio
 
 from aiohttp import web
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.core import ActorDeadError, AskTimeoutError, MailboxFullError
 from secauto.api.auth import allows, presented_key
@@ -48,6 +46,7 @@ from secauto.keyring import digest_of
 from secauto.models import utc_now
 from secauto.redaction import REDACTOR
 from secauto.store.audit import AuditEntry
+from secauto.store.connection import REDIS_UNAVAILABLE
 
 
 @web.middleware
@@ -94,16 +93,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = HTTP_CODES.get(exc.status, "error")
         message = exc.reason if exc.status != 413 else "request body too large"
         return error_response(ApiError(exc.status, code, message, headers=_allow_header(exc)))
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except REDIS_UNAVAILABLE as exc:
         logger.bind(component="api").warning("Redis unavailable during {} {}: {}", request.method, request.path, exc)
-        return error_response(ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry later",
+        why = ("is read-only (a failover is under way?)" if isinstance(exc, ReadOnlyError) else "is unreachable")
+        return error_response(ApiError(503, "unavailable", f"the job store (Redis) {why}; retry later",
                                        headers={"Retry-After": RETRY_AFTER_S}))
-    except ReadOnlyError as exc:
-        # A write reached a server that is now a replica (a failover, or an operator's REPLICAOF):
-        # transient like an outage, so the client retries instead of seeing a 500.
-        logger.bind(component="api").warning("Redis read-only during {} {}: {}", request.method, request.path, exc)
-        return error_response(ApiError(503, "unavailable", "the job store (Redis) is read-only (a failover is "
-                                       "under way?); retry later", headers={"Retry-After": RETRY_AFTER_S}))
     except (ActorDeadError, AskTimeoutError):
         return error_response(ApiError(503, "unavailable", "the node is busy or shutting down; retry later",
                                        headers={"Retry-After": RETRY_AFTER_S}))

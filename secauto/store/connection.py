@@ -13,6 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from secauto.config import RedisTarget, Settings
@@ -27,6 +28,10 @@ _CLIENT_OPTIONS: dict[str, Any] = {
     "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
     "retry_on_error": [RedisConnectionError, RedisTimeoutError],
 }
+
+# Errors that mean "Redis cannot take this now, retry later": unreachable, too slow, or a primary that
+# became a replica under our feet (a Sentinel failover, an operator's REPLICAOF).
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
 
 
 class FollowingSentinelPool(SentinelConnectionPool):
