@@ -122,8 +122,7 @@ class WarmChild:
     it does nothing (the runner killed the rest of the group while that was safe, before reaping).
     """
 
-    def __init__(self, step_id: int, path: Path, log: Logger, sent_at: float) -> None:
-        self.step_id = step_id
+    def __init__(self, path: Path, log: Logger, sent_at: float) -> None:
         self.path = path
         self.log = log
         self.sent_at = sent_at
@@ -132,7 +131,6 @@ class WarmChild:
         self.stderr: asyncio.StreamReader | None = None
         self.exited = asyncio.Event()
         self.pid: int | None = None
-        self.sha256: str | None = None
         self._returncode: int | None = None
         self._lost: str | None = None
         self._kill_requested = False
@@ -155,7 +153,7 @@ class WarmChild:
             kill_group(self.pid)
 
     def on_started(self, message: Started) -> None:
-        self.pid, self.sha256 = message.pid, message.sha256
+        self.pid = message.pid
         self.log.info("script {} started in the warm runner (pid {}, sha256 {})", self.path, message.pid,
                       message.sha256)
         if self._kill_requested:
@@ -440,7 +438,7 @@ class WarmRunner:
         stderr_r, stderr_w = os.pipe()
         ours = [stdin_w, stdout_r, stderr_r]
         loop = asyncio.get_running_loop()
-        child = WarmChild(step_id, path, log or self.log, loop.time())
+        child = WarmChild(path, log or self.log, loop.time())
         message = _ENCODER.encode(RunStep(id=step_id, path=str(path), argv=list(argv), cwd=str(cwd),
                                           limits=dict(limits or {}), user=user))
         runner.inflight[step_id] = child

@@ -93,7 +93,6 @@ class Ready(msgspec.Struct, tag="ready", array_like=True):
     """Runner -> node once the preload is done and the heap frozen."""
 
     pid: int
-    python: str  # sys.version
     preload_failed: list[str]  # "module: error" for each module that could not be imported
     start_ms: float  # from the runner's first line to Ready
     # Top-level names of every module the runner holds (preloaded, or imported by those): a script
@@ -108,7 +107,6 @@ class Started(msgspec.Struct, tag="started", array_like=True):
     pid: int
     sha256: str  # of the script bytes that were compiled
     fork_ms: float  # the os.fork() call that made this step's process (ahead of time when it was the spare)
-    compiled: bool  # the script was (re)compiled for this step (not found in the code cache)
 
 
 class Exited(msgspec.Struct, tag="exited", array_like=True):
@@ -313,7 +311,7 @@ class Runner:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         entry = self.cache.pop(path, None)
         compiled = entry is None or entry.key != key
-        if entry is None or entry.key != key:
+        if entry is None or entry.key != key:  # (spelled out: mypy narrows entry here)
             with open(path, "rb") as handle:
                 source = handle.read()
             try:
@@ -395,7 +393,7 @@ class Runner:
                 self.become_script(step, entry, fds)  # never returns
             fork_ms = (time.perf_counter() - t0) * 1000
         self.children[pid] = step.id
-        self.send(Started(id=step.id, pid=pid, sha256=entry.sha256, fork_ms=fork_ms, compiled=compiled))
+        self.send(Started(id=step.id, pid=pid, sha256=entry.sha256, fork_ms=fork_ms))
 
     def use_spare(self, data: bytes, fds: list[int]) -> tuple[int | None, float]:
         """Hand the step to the spare child when it is current (forked after the last compile, so its
@@ -567,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = Runner(control, os.getpid())
     gc.collect()
     gc.freeze()
-    runner.send(Ready(pid=os.getpid(), python=sys.version, preload_failed=failed,
+    runner.send(Ready(pid=os.getpid(), preload_failed=failed,
                       start_ms=(time.perf_counter() - t0) * 1000,
                       modules=sorted({name.partition(".")[0] for name in sys.modules})))
     try:
