@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from actors.core import ActorDeadError
 from secauto.logs import LineLogger
 from secauto.metrics import NodeMetrics
-from secauto.models import EVENT_VERSION, Event, Job, utc_now
+from secauto.models import Job, make_event, utc_now
 from secauto.store.jobs import JobQueue, Quota, QuotaExceeded
 
 MAX_JOBS_PER_CALL = 1000  # one API batch at most: bounds how long one script call holds Redis
@@ -109,8 +109,8 @@ class SubmitWriter:
         jobs = [job for submission in batch for job in submission.jobs]
         delays = [delay for submission in batch for delay in submission.delays_ms]
         now = utc_now()  # one timestamp for the events of one call (they are published together)
-        events = [Event(type="job.submitted", version=EVENT_VERSION, timestamp=now, job_id=job.id, node_id=self.node_id,
-                        status="pending", priority=job.priority) for job in jobs]
+        events = [make_event("job.submitted", timestamp=now, job_id=job.id, node_id=self.node_id, status="pending",
+                             priority=job.priority) for job in jobs]
         try:
             stored = await self.queue.submit(jobs, events, delays_ms=delays, durable_replicas=self.durable_replicas,
                                              durable_timeout_ms=self.durable_timeout_ms, quota=batch[0].quota)

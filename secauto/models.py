@@ -236,8 +236,10 @@ EVENT_TYPES = frozenset({
 })
 
 
-def make_event(kind: str, **fields: Any) -> Event:
-    return Event(type=kind, version=EVENT_VERSION, timestamp=utc_now(), **fields)
+def make_event(kind: str, *, timestamp: str | None = None, **fields: Any) -> Event:
+    """An event of type ``kind``, stamped now unless ``timestamp`` is given (events published together
+    share one)."""
+    return Event(type=kind, version=EVENT_VERSION, timestamp=timestamp or utc_now(), **fields)
 
 
 json_encoder = msgspec.json.Encoder()
