@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable, Mapping
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 from loguru import logger
@@ -66,13 +66,12 @@ SCRIPT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+(\.py)?\Z")
 ENV_ALLOWLIST = ("PATH", "LANG", "HOME", "TMPDIR")
 STDERR_TAIL = 2000
 STDOUT_QUOTE = 200
-# A comment line before the first statement that keeps a script out of the warm runner.
 _PACKAGE_INITS = ("__init__.py", "__init__.pyc")
-_folder_names: dict[Path, tuple[int, frozenset[str]]] = {}
+# A comment line before the first statement that keeps a script out of the warm runner.
 SPAWN_MARKER_RE = re.compile(rb"^#\s*secauto:\s*runner\s*=\s*spawn\s*$")
 _HEADER_BYTES = 4096
-_opt_outs: dict[Path, tuple[tuple[int, int, int], bool]] = {}  # path -> (stat key, wants spawn)
-_OPT_OUTS_MAX = 1024
+_CACHE_MAX = 1024  # files (or folders) whose spawn marker (or module names) are kept
+T = TypeVar("T")
 
 
 def script_name_problem(name: Any) -> str | None:
@@ -109,65 +108,76 @@ def script_environment(settings: EngineSettings) -> dict[str, str]:
     return env
 
 
+class _FileCache(Generic[T]):
+    """What ``compute`` made of a file or folder, kept until its (inode, size, mtime) changes; at most
+    ``_CACHE_MAX`` entries (all dropped when full). A path that cannot be stat'ed or read gets
+    ``default`` (running the script reports the problem)."""
+
+    def __init__(self, compute: Callable[[Path], T], default: T) -> None:
+        self._compute = compute
+        self._default = default
+        self._entries: dict[Path, tuple[tuple[int, int, int], T]] = {}
+
+    def get(self, path: Path) -> T:
+        try:
+            st = path.stat()
+        except OSError:
+            return self._default
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._entries.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            value = self._compute(path)
+        except OSError:
+            return self._default
+        if len(self._entries) >= _CACHE_MAX:
+            self._entries.clear()
+        self._entries[path] = (stamp, value)
+        return value
+
+
+def _has_spawn_marker(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(_HEADER_BYTES)
+    for line in head.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith(b"#"):
+            return False
+        if SPAWN_MARKER_RE.match(stripped):
+            return True
+    return False
+
+
+def _importable_names(folder: Path) -> frozenset[str]:
+    names: set[str] = set()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if entry.is_dir():
+                if any(os.path.exists(os.path.join(entry.path, init)) for init in _PACKAGE_INITS):
+                    names.add(name)
+            elif name.endswith((".py", ".pyc", *EXTENSION_SUFFIXES)):
+                names.add(name.partition(".")[0])
+    return frozenset(names)
+
+
+_spawn_markers = _FileCache(_has_spawn_marker, False)
+_folder_names = _FileCache(_importable_names, frozenset[str]())
+
+
 def wants_spawn(path: Path) -> bool:
     """Whether the script opts out of the warm runner (``# secauto: runner=spawn`` among the comment
     lines it starts with). Cached per (inode, size, mtime); an unreadable file says no (running it
     reports the problem)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    key = (st.st_ino, st.st_size, st.st_mtime_ns)
-    cached = _opt_outs.get(path)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(_HEADER_BYTES)
-    except OSError:
-        return False
-    wants = False
-    for line in head.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith(b"#"):
-            break
-        if SPAWN_MARKER_RE.match(stripped):
-            wants = True
-            break
-    if len(_opt_outs) >= _OPT_OUTS_MAX:
-        _opt_outs.clear()
-    _opt_outs[path] = (key, wants)
-    return wants
+    return _spawn_markers.get(path)
 
 
 def importable_names(folder: Path) -> frozenset[str]:
     """The top-level module names that ``import`` would find in ``folder`` when it is ``sys.path[0]``
-    (``x.py``, ``x.pyc``, extension modules, packages with an ``__init__``). Cached per (folder,
-    mtime); a folder that cannot be listed has none (running the script reports the problem)."""
-    try:
-        mtime = folder.stat().st_mtime_ns
-    except OSError:
-        return frozenset()
-    cached = _folder_names.get(folder)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    names: set[str] = set()
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                name = entry.name
-                if entry.is_dir():
-                    if any(os.path.exists(os.path.join(entry.path, init)) for init in _PACKAGE_INITS):
-                        names.add(name)
-                elif name.endswith((".py", ".pyc", *EXTENSION_SUFFIXES)):
-                    names.add(name.partition(".")[0])
-    except OSError:
-        return frozenset()
-    if len(_folder_names) >= _OPT_OUTS_MAX:
-        _folder_names.clear()
-    found = frozenset(names)
-    _folder_names[folder] = (mtime, found)
-    return found
+    (``x.py``, ``x.pyc``, extension modules, packages with an ``__init__``). Cached per (inode, size,
+    mtime) of the folder; a folder that cannot be listed has none."""
+    return _folder_names.get(folder)
 
 
 def shadowing_module(folder: Path, loaded: frozenset[str]) -> str | None:
