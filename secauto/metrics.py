@@ -80,18 +80,14 @@ class NodeMetrics:
                                             "replaced", registry=registry)
         self.script_runner_recycles = Gauge("secauto_script_runner_recycles", "Warm runners replaced after their "
                                             "fork budget", registry=registry)
-        # Over the latest 10,000 warm steps (NaN before the first): the runner's os.fork() call, and from
-        # sending a step to the runner until the child's pid came back.
-        self.script_runner_fork_p50 = Gauge("secauto_script_runner_fork_p50_seconds", "Median os.fork() time "
-                                            "in the warm runner", registry=registry)
-        self.script_runner_fork_p99 = Gauge("secauto_script_runner_fork_p99_seconds", "99th percentile os.fork() "
-                                            "time in the warm runner", registry=registry)
-        self.script_runner_start_p50 = Gauge("secauto_script_runner_start_p50_seconds", "Median time from "
-                                             "sending a step to the warm runner to its child's pid",
-                                             registry=registry)
-        self.script_runner_start_p99 = Gauge("secauto_script_runner_start_p99_seconds", "99th percentile time "
-                                             "from sending a step to the warm runner to its child's pid",
-                                             registry=registry)
+        # Over the latest 10,000 warm steps (NaN before the first), labelled percentile="50" | "99"
+        # (promtool keeps "quantile" for summaries): the runner's os.fork() call, and from sending a step
+        # to the runner until the child's pid came back.
+        self.script_runner_fork = Gauge("secauto_script_runner_fork_seconds", "os.fork() time in the warm runner "
+                                        "(percentiles of the latest 10,000 steps)", ["percentile"], registry=registry)
+        self.script_runner_start = Gauge("secauto_script_runner_start_seconds", "Time from sending a step to the "
+                                         "warm runner to its child's pid (percentiles of the latest 10,000 steps)",
+                                         ["percentile"], registry=registry)
         self.info = Gauge("secauto_node_info", "Constant 1, labelled with this node's id", ["node_id"],
                           registry=registry)
         self.info.labels(node_id=node_id).set(1)
@@ -113,11 +109,10 @@ class NodeMetrics:
         self.script_runner_forks.set(stats.forks)
         self.script_runner_restarts.set(stats.restarts)
         self.script_runner_recycles.set(stats.recycles)
-        for gauge, value in ((self.script_runner_fork_p50, stats.fork_ms_p50),
-                             (self.script_runner_fork_p99, stats.fork_ms_p99),
-                             (self.script_runner_start_p50, stats.start_ms_p50),
-                             (self.script_runner_start_p99, stats.start_ms_p99)):
-            gauge.set(math.nan if value is None else value / 1000)
+        for gauge, p50, p99 in ((self.script_runner_fork, stats.fork_ms_p50, stats.fork_ms_p99),
+                                (self.script_runner_start, stats.start_ms_p50, stats.start_ms_p99)):
+            for percentile, value in (("50", p50), ("99", p99)):
+                gauge.labels(percentile=percentile).set(math.nan if value is None else value / 1000)
 
     def render(self) -> bytes:
         """The text exposition format (``text/plain; version=0.0.4``)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import textwrap
 import time
@@ -81,6 +82,10 @@ async def test_steps_run_warm_and_the_runner_lives_and_dies_with_the_node(redis_
             metrics = await response.text()
         assert "secauto_script_runner_up 1.0" in metrics
         assert "secauto_script_runner_forks 1.0" in metrics
+        for name in ("fork", "start"):  # one step: its figure is every percentile, a positive number of seconds
+            p50, p99 = (float(re.search(rf'^secauto_script_runner_{name}_seconds{{percentile="{q}"}} (\S+)$', metrics,
+                                        re.M).group(1)) for q in ("50", "99"))  # type: ignore[union-attr]
+            assert 0 < p50 == p99 < 10, (name, p50, p99)
     assert not pid_exists(pid)  # stopped with the node
 
 
