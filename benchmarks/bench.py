@@ -587,8 +587,10 @@ async def _runner_metrics(url: str) -> dict[str, float]:
         if line.startswith("secauto_script_runner_"):
             name, _, value = line.partition(" ")
             number = float(value)
-            if name.endswith("_seconds"):
-                name, number = name.removesuffix("_seconds") + "_ms", round(number * 1000, 3)
+            if '{percentile="' in name:  # secauto_script_runner_fork_seconds{percentile="50"} -> fork_p50_ms
+                base, _, label = name.partition('{percentile="')
+                percentile = label.rstrip('"}')
+                name, number = f"{base.removesuffix('_seconds')}_p{percentile}_ms", round(number * 1000, 3)
             out[name.removeprefix("secauto_script_runner_")] = number
     return out
 
