@@ -188,9 +188,10 @@ def shadowing_module(folder: Path, loaded: frozenset[str]) -> str | None:
     return min(clash) if clash else None
 
 
-async def _start_warm(path: Path, settings: EngineSettings, env: dict[str, str], log: Logger | None
-                      ) -> WarmChild | None:
-    """The script started in a fork of the warm runner, or None when it must be spawned instead."""
+async def _start_warm(path: Path, stdin: bytes, settings: EngineSettings, env: dict[str, str],
+                      log: Logger | None) -> WarmChild | None:
+    """The script started in a fork of the warm runner with ``stdin`` written ahead as far as its pipe
+    holds it (the rest is ``unsent_stdin``), or None when it must be spawned instead."""
     host = settings.script_host
     if settings.runner != "warm" or host is None or not host.usable_for(settings.python, env):
         return None
@@ -206,7 +207,7 @@ async def _start_warm(path: Path, settings: EngineSettings, env: dict[str, str],
               if value is not None}
     user = settings.script_user
     try:
-        return await host.start_step(path, argv=[str(path)], cwd=path.parent, limits=limits,
+        return await host.start_step(path, argv=[str(path)], cwd=path.parent, stdin=stdin, limits=limits,
                                      user=(user.uid, user.gid, user.name) if user is not None else None,
                                      log=log)
     except RunnerUnavailable as exc:
@@ -289,14 +290,14 @@ async def run_script(
         raise StepError(f"script {name!r}: the input cannot be encoded as JSON: {exc}") from None
     limit = time_limit if time_limit is not None else settings.script_timeout
     env = script_environment(settings)
-    child = await _start_warm(path, settings, env, log)
+    child = await _start_warm(path, stdin, settings, env, log)
     if notes is not None:
         notes.runner = "spawn" if child is None else "warm"
     try:
         outcome: ProcessOutcome
         if child is not None:
             try:
-                outcome = await supervise(child, stdin=stdin, time_limit=limit,
+                outcome = await supervise(child, stdin=child.unsent_stdin, time_limit=limit,
                                           max_output_bytes=settings.max_output_bytes)
             finally:
                 child.close()

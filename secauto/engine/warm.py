@@ -111,6 +111,17 @@ def _describe(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+def _prefill(fd: int, data: bytes) -> bytes:
+    """Write what the empty pipe ``fd`` takes of ``data`` without blocking; returns the rest."""
+    if not data:
+        return b""
+    os.set_blocking(fd, False)  # this end only: the script's end of the pipe stays blocking
+    try:
+        return data[os.write(fd, data):]
+    except BlockingIOError:
+        return data
+
+
 def _reader_protocol(reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> asyncio.StreamReaderProtocol:
     return asyncio.StreamReaderProtocol(reader, loop=loop)
 
@@ -135,6 +146,8 @@ class WarmChild:
         self._lost: str | None = None
         self._kill_requested = False
         self._transports: list[asyncio.BaseTransport] = []
+        self.unsent_stdin = b""  # what start_step could not write ahead (see there)
+        self.reported = False  # the exit status came from the child itself (warm_runner.Exited.reported)
 
     @property
     def returncode(self) -> int | None:
@@ -159,8 +172,9 @@ class WarmChild:
         if self._kill_requested:
             kill_group(message.pid)
 
-    def on_exited(self, status: int) -> None:
+    def on_exited(self, status: int, reported: bool) -> None:
         self._returncode = os.waitstatus_to_exitcode(status)
+        self.reported = reported
         self.exited.set()
 
     def on_lost(self, reason: str) -> None:
@@ -172,27 +186,30 @@ class WarmChild:
         self.exited.set()
 
     async def attach(self, stdin_fd: int, stdout_fd: int, stderr_fd: int) -> None:
-        """Wrap this node's ends of the three pipes in asyncio streams (the fds are owned from here on)."""
+        """Wrap this node's ends of the three pipes in asyncio streams (the fds are owned from here on);
+        ``stdin_fd`` -1: stdin was written and closed already (``stdin`` stays None)."""
         loop = asyncio.get_running_loop()
         # Pipe ends, never blocking (the transports make them non-blocking); closed by their transports.
-        files = [os.fdopen(stdin_fd, "wb", buffering=0), os.fdopen(stdout_fd, "rb", buffering=0),
-                 os.fdopen(stderr_fd, "rb", buffering=0)]
+        files = [os.fdopen(fd, "rb", buffering=0) for fd in (stdout_fd, stderr_fd)]
+        if stdin_fd >= 0:
+            files.append(os.fdopen(stdin_fd, "wb", buffering=0))
         try:
             readers = []
-            for file in files[1:]:
+            for file in files[:2]:
                 reader = asyncio.StreamReader(limit=CHUNK, loop=loop)
                 transport, _ = await loop.connect_read_pipe(functools.partial(_reader_protocol, reader, loop), file)
                 self._transports.append(transport)
                 readers.append(reader)
-            protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop)
-            write_transport, _ = await loop.connect_write_pipe(lambda: protocol, files[0])
-            self._transports.append(write_transport)
+            if stdin_fd >= 0:
+                protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), loop=loop)
+                write_transport, _ = await loop.connect_write_pipe(lambda: protocol, files[2])
+                self._transports.append(write_transport)
+                self.stdin = asyncio.StreamWriter(write_transport, protocol, None, loop)
         except BaseException:
             self.close()
             for file in files:
                 file.close()
             raise
-        self.stdin = asyncio.StreamWriter(write_transport, protocol, None, loop)
         self.stdout, self.stderr = readers
 
     def close(self) -> None:
@@ -302,7 +319,7 @@ class _Runner:
         elif isinstance(message, Exited):
             child = self.inflight.pop(message.id, None)
             if child is not None:
-                child.on_exited(message.status)
+                child.on_exited(message.status, message.reported)
             self.retire_if_idle()
         elif isinstance(message, Refused):
             child = self.inflight.pop(message.id, None)
@@ -421,11 +438,14 @@ class WarmRunner:
         return python == self.python and env == self.env
 
     async def start_step(self, path: Path, *, argv: Sequence[str], cwd: Path,
-                         limits: Mapping[str, int] | None = None, user: tuple[int, int, str] | None = None,
-                         log: Logger | None = None) -> WarmChild:
+                         stdin: bytes = b"", limits: Mapping[str, int] | None = None,
+                         user: tuple[int, int, str] | None = None, log: Logger | None = None) -> WarmChild:
         """Start script ``path`` in a fork of the current runner (the caller checked :meth:`usable_for`: the
         script gets the runner's environment); returns its :class:`WarmChild` with the
-        pipes attached. ``limits`` (the engine.script_limits that are set) and ``user`` (engine.script_user
+        pipes attached. ``stdin`` is written to the script's stdin before the step is sent, as far as
+        the pipe holds it (64 KiB on Linux), so that the script does not wait for its input; the rest,
+        if any, is ``child.unsent_stdin`` for the caller to feed (stdin is closed at once otherwise).
+        ``limits`` (the engine.script_limits that are set) and ``user`` (engine.script_user
         as uid, gid, name) are applied in the child before the script runs. Raises
         :class:`RunnerUnavailable` when no runner is ready or the runner could not take the step (nothing
         was started then). On cancellation nothing is left running."""
@@ -436,9 +456,13 @@ class WarmRunner:
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
-        ours = [stdin_w, stdout_r, stderr_r]
         loop = asyncio.get_running_loop()
         child = WarmChild(path, log or self.log, loop.time())
+        child.unsent_stdin = _prefill(stdin_w, stdin)
+        if not child.unsent_stdin:
+            os.close(stdin_w)
+            stdin_w = -1
+        ours = [fd for fd in (stdin_w, stdout_r, stderr_r) if fd >= 0]
         message = _ENCODER.encode(RunStep(id=step_id, path=str(path), argv=list(argv), cwd=str(cwd),
                                           limits=dict(limits or {}), user=user))
         runner.inflight[step_id] = child

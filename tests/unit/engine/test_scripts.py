@@ -190,6 +190,13 @@ async def test_script_that_ignores_stdin(settings: EngineSettings) -> None:
     assert await run_checked("ignore_stdin", big, settings) == {"ok": True}
 
 
+async def test_an_input_larger_than_a_pipe_buffer_arrives_whole(settings: EngineSettings) -> None:
+    # warm: start_step writes what the pipe takes before the step starts and supervise feeds the rest.
+    big = {"blob": "y" * 300_000, "n": 7}
+    roomy = msgspec.structs.replace(settings, max_output_bytes=1_000_000)
+    assert await run_checked("echo", big, roomy) == {"echo": big}
+
+
 @pytest.mark.parametrize("script", ["flood_stdout", "flood_stderr"])
 async def test_flooding_output_is_capped_and_killed(settings: EngineSettings, script: str) -> None:
     with pytest.raises(StepError, match="exceeded 65536 bytes; the process was killed"):

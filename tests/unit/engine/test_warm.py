@@ -9,8 +9,10 @@ replaced, and retries apply), recycling after N forks, the spawn fallbacks, and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,9 +24,11 @@ import pytest
 from loguru import logger
 
 from secauto.engine import EngineSettings, StepError
+from secauto.engine.process import supervise
 from secauto.engine.results import StepNotes
 from secauto.engine.scripts import run_script
-from secauto.engine.warm import WarmRunner
+from secauto.engine.warm import WarmChild, WarmRunner
+from secauto.engine.warm_runner import _REHEARSAL_PATTERN
 from tests.unit.engine.conftest import alive, run, wait_dead, wait_for_file, warm_settings, write_script
 
 SCRIPTS: dict[str, str] = {
@@ -93,6 +97,24 @@ SCRIPTS: dict[str, str] = {
         import json, os, sys
         json.load(sys.stdin)
         print(json.dumps({"ppid": os.getppid()}))
+    """,
+    "hard_exit": """
+        # Leaves without the interpreter's exit steps.
+        import os
+        os._exit(3)
+    """,
+    "self_terminate": """
+        import os, signal
+        os.kill(os.getpid(), signal.SIGTERM)
+    """,
+    "runner_traces": """
+        # What a spare's rehearsal (warm_runner._rehearse) could have left behind.
+        import json, re, sys
+        data = json.load(sys.stdin)
+        cached = [key for cache in ("_cache", "_cache2") for key in getattr(re, cache, {})]
+        print(json.dumps({"pattern_cached": any(data["pattern"] in key for key in cached),
+                          "stdio_fds": [sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()],
+                          "stdin_rest": sys.stdin.read()}))
     """,
     "slow": """
         # Records its pid and a grandchild's, then sleeps.
@@ -363,6 +385,80 @@ async def test_stop_kills_running_scripts_and_the_runner(settings: EngineSetting
         with pytest.raises(StepError, match="died"):
             await asyncio.wait_for(step, 5)
     assert wait_dead([runner_pid, *pids]) == []
+
+
+# ---------------------------------------------------------------- exit reports and the spare
+
+
+async def start_and_finish(settings: EngineSettings, name: str, stdin: bytes = b"{}") -> WarmChild:
+    """Run script ``name`` through WarmRunner.start_step and supervise, as run_script does."""
+    path = (settings.scripts_dir / f"{name}.py").resolve()
+    child = await host_of(settings).start_step(path, argv=[str(path)], cwd=path.parent, stdin=stdin)
+    try:
+        await supervise(child, stdin=child.unsent_stdin, time_limit=10, max_output_bytes=65536)
+    finally:
+        child.close()
+    return child
+
+
+@pytest.mark.parametrize(("script", "returncode", "reported"), [
+    ("whoami", 0, True),
+    ("exit_7_via_raise", 7, True),
+    ("raises", 1, True),
+    ("hard_exit", 3, False),  # os._exit in the script: no exit steps, no report; reaped
+    ("self_terminate", -signal.SIGTERM, False),  # a signal: reaped
+])  # fmt: skip
+async def test_a_child_reports_a_normal_exit_itself(warm: EngineSettings, script: str, returncode: int,
+                                                    reported: bool) -> None:
+    # The step ends on the child's own report instead of after the kernel tore its memory down.
+    child = await start_and_finish(warm, script)
+    assert (child.returncode, child.reported) == (returncode, reported)
+
+
+def report_address(runner_pid: int) -> bytes:
+    """The runner's exit-report socket name, found through its fds' inodes in /proc/net/unix."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{runner_pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            link = os.readlink(f"/proc/{runner_pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[6] in inodes and fields[7].startswith("@secauto-warm-runner-"):
+            return b"\0" + fields[7][1:].encode()
+    raise AssertionError(f"runner {runner_pid} has no report socket")
+
+
+async def test_exit_reports_count_only_from_the_steps_own_child(warm: EngineSettings, tmp_path: Path) -> None:
+    # Anyone on the host can send to the runner's report socket; a report from another process (this
+    # test, which is not the step's child) neither ends the step nor harms the runner.
+    pidfile = tmp_path / "pids"
+    task = asyncio.create_task(run_warm("slow", warm, {"pidfile": str(pidfile), "seconds": 60}))
+    pids = [int(p) for p in (await wait_for_file(pidfile)).split()]
+    runner_pid = host_of(warm).stats().pid
+    assert runner_pid is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        for forged in (b"0", b"1", b"garbage", str(pids[0]).encode()):
+            sock.sendto(forged, report_address(runner_pid))
+    await asyncio.sleep(0.3)
+    assert not task.done() and all(alive(pid) for pid in pids)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert wait_dead(pids) == []
+    assert host_of(warm).stats().pid == runner_pid
+    assert (await run_warm("whoami", warm))["ppid"] == runner_pid
+
+
+async def test_the_spares_rehearsal_leaves_nothing_behind(warm: EngineSettings) -> None:
+    # The spare builds stdio objects on placeholder pipes, does a JSON round trip and compiles a pattern
+    # before its step arrives; the script sees its own pipes on 0-2, its whole input, and re's cache as
+    # the runner left it.
+    payload = {"pattern": _REHEARSAL_PATTERN, "blob": "x" * 100_000}  # more than the pipe takes ahead
+    for _ in range(3):  # the first step may run in a fork made on demand; the next ones in spares
+        out = await run_warm("runner_traces", warm, payload)
+        assert out == {"pattern_cached": False, "stdio_fds": [0, 1, 2], "stdin_rest": ""}
 
 
 async def test_fork_latency_is_recorded(warm: EngineSettings) -> None:
