@@ -220,12 +220,19 @@ def _rehearse() -> None:
 
     A spare does this while it waits. A fresh fork's first pass through any code writes to the runner's
     pages that hold the objects it touches (reference counts), and each such page is copied on its first
-    write: building the stdio objects, the ``__main__`` module and a JSON round trip through them (every
-    script reads JSON on stdin and prints JSON) took about 0.5 ms on a step's critical path that way, and
-    compiling a first regular expression (what enrichment scripts do at import) about 0.3 ms more. The
-    second pass, on the step's own pipes, finds those pages copied already. Nothing the script can see
-    is changed: ``json`` and ``re`` are used only when the runner holds them already, and the pattern is
-    compiled below ``re``'s cache (a script finds the cache as the runner left it)."""
+    write: building and installing the stdio objects and the ``__main__`` module (freeing the runner's)
+    and a JSON round trip (every script reads JSON on stdin and prints JSON) took about 0.6 ms on a
+    step's critical path that way, and compiling a first regular expression (what enrichment scripts do
+    at import) about 0.3 ms more. The second pass, for the step, finds those pages copied already.
+    Nothing the script can see is changed: the stdio objects installed here are on this process's own
+    fds 0-2 (replaced again once the step's pipes are there), ``json`` and ``re`` are used only when the
+    runner holds them already, and the pattern is compiled below ``re``'s cache (a script finds the cache
+    as the runner left it)."""
+    _fresh_stdio()
+    sys.modules["__main__"] = _main_module(os.devnull)
+    sys.argv, sys.orig_argv = list(sys.argv), list(sys.orig_argv)
+    sys.path.insert(0, "")
+    del sys.path[0]
     in_read, in_write = os.pipe()
     out_read, out_write = os.pipe()
     try:
