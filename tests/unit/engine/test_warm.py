@@ -23,7 +23,7 @@ import msgspec
 import pytest
 from loguru import logger
 
-from secauto.engine import EngineSettings, StepError
+from secauto.engine import EngineSettings, StepError, warm_runner
 from secauto.engine.process import supervise
 from secauto.engine.results import StepNotes
 from secauto.engine.scripts import run_script
@@ -449,6 +449,17 @@ async def test_exit_reports_count_only_from_the_steps_own_child(warm: EngineSett
     assert wait_dead(pids) == []
     assert host_of(warm).stats().pid == runner_pid
     assert (await run_warm("whoami", warm))["ppid"] == runner_pid
+
+
+def test_without_a_report_socket_children_are_only_reaped(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # A sandbox that refuses the abstract socket costs the reports, never the runner.
+    def refuse(self: socket.socket, address: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(socket.socket, "bind", refuse)
+    assert warm_runner._report_socket() is None
+    assert "no exit reports" in capsys.readouterr().err
 
 
 async def test_the_spares_rehearsal_leaves_nothing_behind(warm: EngineSettings) -> None:
