@@ -17,13 +17,12 @@ from typing import Any
 
 import msgspec
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError, AskTimeoutError
 from actors.messages import ClusterView, ExecutorStats, GetClusterView, GetStats, MembershipEvent, Refresh
 from secauto.models import NodeInfo, event_decoder, format_timestamp
+from secauto.store.connection import REDIS_UNAVAILABLE
 
 MISSED_BEATS_INACTIVE = 3
 
@@ -80,7 +79,7 @@ class DiscoveryActor(Actor):
         try:
             records = await self.ctx.registry.live_nodes()
             self.leader = await self.ctx.registry.leader()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.log.warning("cannot read the registry: {}", exc)
             records = []
         now = time.time()

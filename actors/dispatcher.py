@@ -22,8 +22,6 @@ from typing import Any
 
 import msgspec
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError
@@ -47,6 +45,7 @@ from actors.messages import (
 from actors.submit_writer import SubmitWriter
 from secauto.models import event_decoder
 from secauto.store.apikeys import KEYS_CHANGED
+from secauto.store.connection import REDIS_UNAVAILABLE
 from secauto.store.events import RESUBSCRIBED, event_prefix, subscribe
 
 WAKE = b"wake"  # on the control channel: jobs became claimable (see store/lua/lib.lua)
@@ -168,7 +167,7 @@ class DispatcherActor(Actor):
             try:
                 jobs, recheck_ms = await self.ctx.queue.claim_with_recheck(
                     self.ctx.node_id, wanted, self.ctx.lease_ms, capacity=self.ctx.capacity, running=self.in_flight)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 self.log.warning("claim failed, will retry on the next wake-up: {}", exc)
                 return
             if jobs:

@@ -38,8 +38,6 @@ from typing import Any
 import aiojobs
 import msgspec
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError
@@ -48,9 +46,8 @@ from secauto.engine import PlaybookInvalid, run_playbook
 from secauto.logs import LineLogger
 from secauto.models import Attempt, Job, dependency_outcome_decoder, json_encoder, make_event, utc_now
 from secauto.redaction import MASK, REDACTOR, Redactor
+from secauto.store.connection import REDIS_UNAVAILABLE
 from secauto.store.jobs import FinishOutcome, FinishRequest
-
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
 
 def retry_backoff_ms(retry_number: int, base_s: float, cap_s: float) -> int:
@@ -135,7 +132,7 @@ class ExecutorActor(Actor):
         try:
             recovery = await self.ctx.queue.recover(leader_token="", mode="nodes", cause="node restarted",
                                                     nodes=[self.ctx.node_id], check_records=False)
-        except _REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.log.warning("could not check for jobs of a previous run ({}); their leases will expire", exc)
             return
         if recovery is not None and recovery.total:
@@ -165,7 +162,7 @@ class ExecutorActor(Actor):
             attempts = {job_id: entry.job.attempt for job_id, entry in self.running.items()}
             try:
                 lost = await self.ctx.queue.renew(self.ctx.node_id, attempts, self.ctx.lease_ms)
-            except _REDIS_ERRORS as exc:
+            except REDIS_UNAVAILABLE as exc:
                 self.log.warning("lease renewal failed, retrying on the next tick: {}", exc)
                 continue
             # An attempt whose end is being written has left the running set in Redis already.
@@ -183,7 +180,7 @@ class ExecutorActor(Actor):
             return 0
         try:
             return await self.ctx.queue.handback(self.ctx.node_id, leftover)
-        except _REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.log.error("could not hand back {} job(s) ({}); their leases will expire", len(leftover), exc)
             return 0
 
@@ -224,7 +221,7 @@ class ExecutorActor(Actor):
             try:
                 records = await self.ctx.queue.dependency_records(parents)
                 break
-            except _REDIS_ERRORS as exc:
+            except REDIS_UNAVAILABLE as exc:
                 self.log.bind(job_id=job.id).warning("cannot read the job's dependencies yet ({}); retrying in "
                                                      "{:.1f}s", exc, delay)
                 await asyncio.sleep(delay)
@@ -317,7 +314,7 @@ class ExecutorActor(Actor):
             while batch := [(request, done) for request, done in batch if not done.done()]:
                 try:
                     outcomes = await self.ctx.queue.finish_many(node, [request for request, _ in batch])
-                except _REDIS_ERRORS as exc:
+                except REDIS_UNAVAILABLE as exc:
                     self.log.warning("cannot record {} attempt end(s) yet ({}); retrying in {:.1f}s",
                                      len(batch), exc, delay)
                     await asyncio.sleep(delay)

@@ -36,7 +36,7 @@ from actors.messages import (
 )
 from secauto import __version__
 from secauto.models import NodeInfo, format_timestamp, make_event
-from secauto.store.connection import follow_failover
+from secauto.store.connection import REDIS_UNAVAILABLE, follow_failover
 from secauto.store.safety import check_eviction
 
 CAPABILITIES = ["playbook_execution", "job_processing"]
@@ -111,7 +111,7 @@ class HeartbeatActor(Actor):
                 self.log.info("Redis reachable again")
             self.last_error = None
             self.ctx.metrics.redis_up.set(1)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (*REDIS_UNAVAILABLE, OSError) as exc:
             if self.last_error is None:
                 self.log.error("heartbeat failed, Redis unreachable: {}", exc)
             self.last_error = f"Redis unreachable: {exc}"
@@ -120,7 +120,7 @@ class HeartbeatActor(Actor):
     async def _check_primary(self) -> None:
         try:
             moved_to = await follow_failover(self.ctx.queue.redis)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except (*REDIS_UNAVAILABLE, OSError) as exc:
             self.log.warning("cannot ask the sentinels for the primary: {}", exc)
             return
         if moved_to is not None:

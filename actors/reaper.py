@@ -27,16 +27,14 @@ import time
 from typing import Any
 
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.context import NodeContext
 from actors.core import Actor, ActorDeadError
 from actors.messages import Elect, IsLeader, LeadershipChanged, PrimaryMoved, Reap
 from secauto.models import make_event
+from secauto.store.connection import REDIS_UNAVAILABLE
 from secauto.store.jobs import Recovery
 
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
 MAX_SETTLE_CALLS = 10  # settle scripts per reap pass (each settles at most RetentionPolicy.settle_budget)
 
 
@@ -67,7 +65,7 @@ class ReaperActor(Actor):
             try:
                 await self.ctx.registry.release_leadership(self.token)
                 self.log.info("released leadership")
-            except _REDIS_ERRORS as exc:
+            except REDIS_UNAVAILABLE as exc:
                 self.log.warning("could not release leadership ({}); the lease will expire", exc)
             self.is_leader = False
 
@@ -91,7 +89,7 @@ class ReaperActor(Actor):
         event = make_event("leader.changed", node_id=self.ctx.node_id)
         try:
             outcome = await self.ctx.registry.hold_leadership(self.token, lease_ms, event)
-        except _REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self._last_redis_error = time.monotonic()
             self.log.warning("leader election failed: {}", exc)
             return
@@ -135,7 +133,7 @@ class ReaperActor(Actor):
             else:
                 if left:
                     self.log.info("dependency backlog: {} job(s) still have dependents to settle", left)
-        except _REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             self._last_redis_error = time.monotonic()
             self.log.warning("reap failed: {}", exc)
         return None

@@ -16,10 +16,9 @@ from typing import Any
 
 import msgspec
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from actors.core import Actor
+from secauto.store.connection import REDIS_UNAVAILABLE
 from secauto.vault import NO_KEY, SecretVault
 
 REFRESH_S = 10.0
@@ -50,7 +49,7 @@ class SecretsActor(Actor):
     async def _refresh(self) -> None:
         try:
             report = await self.vault.load_all()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.log.debug("cannot load the stored secrets ({}); retrying in {:g}s", exc, self.refresh_s)
             return
         unreadable = tuple(report.unreadable)

@@ -39,8 +39,6 @@ import aiohttp
 import aiojobs
 import msgspec
 from loguru import logger
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from yarl import URL
 
 from actors.context import NodeContext
@@ -49,6 +47,7 @@ from secauto.engine.errors import StepError
 from secauto.engine.netguard import AddressRefused, OutboundGuard, PinnedResolver
 from secauto.models import Event, event_decoder
 from secauto.redaction import REDACTOR
+from secauto.store.connection import REDIS_UNAVAILABLE
 from secauto.store.events import RESUBSCRIBED, subscribe
 from secauto.store.webhooks import WebhookSpec, WebhookStore
 
@@ -119,7 +118,7 @@ class WebhookActor(Actor):
     async def _refresh(self) -> None:
         try:
             stored = await self.store.all()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.log.warning("cannot read stored webhooks ({}); keeping the current list", exc)
             return
         self.hooks = [*self.configured, *stored]
@@ -170,7 +169,7 @@ class WebhookActor(Actor):
         try:
             if not await self.store.claim_delivery(hook.id, payload, self.ctx.node_id):
                 return  # another node delivers this one
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             self.log.warning("webhook {}: cannot claim {} ({}); another node may deliver it", hook.id,
                              event.type, exc)
             return

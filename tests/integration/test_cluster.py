@@ -14,10 +14,12 @@ import aiohttp
 import msgspec
 import pytest
 import redis.asyncio
+from loguru import logger
 
 from actors.messages import StopClaiming
 from secauto.node import Node
 from tests.support.nodes import auth, node_settings, running_node
+from tests.support.ports import free_port
 
 CLUSTER = "my-secauto-cluster"
 QUICK = [{"action": "set", "variables": {"done": True}}, {"action": "log", "message": "job {{n}}"}]
@@ -238,3 +240,35 @@ async def test_idle_nodes_wake_on_pubsub_not_polling(redis_url: str, redis_clien
             job_id = await submit(session, nodes[0], {"playbook": QUICK, "context": {"n": 1}})
             [job] = await wait_finished(redis_client, [job_id], timeout=1.0)
             assert job["status"] == "completed"
+
+
+async def test_a_redis_demoted_to_replica_is_waited_out(redis_url: str, redis_client: redis.asyncio.Redis) -> None:
+    # Redis turns read-only under a busy node (REPLICAOF by an operator, a failover without Sentinel):
+    # every actor that writes meets READONLY. They retry instead of crashing (restarts, then a fatal stop
+    # of the node), and the job running meanwhile completes once Redis takes writes again.
+    crashes: list[str] = []
+    sink = logger.add(lambda message: crashes.append(str(message)), level="WARNING",
+                      filter=lambda record: "restarting actor" in record["message"])
+    stack, nodes = await start_cluster(redis_url, count=1)
+    try:
+        async with stack, aiohttp.ClientSession() as session:
+            job_id = await submit(session, nodes[0], {"playbook": sleepy(1.5)})
+            async with asyncio.timeout(5):
+                while (raw := await redis_client.get(f"secauto:job:{job_id}")) is None or \
+                        msgspec.json.decode(raw)["status"] != "running":
+                    await asyncio.sleep(0.05)
+            await redis_client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+            try:
+                # Past the heartbeat, the lease renewal, the job's end and the poll: every writer met it.
+                await asyncio.sleep(4)
+                async with session.post(f"{nodes[0].url}/cluster/jobs", json={"playbook": QUICK},
+                                        headers=auth()) as response:
+                    assert response.status == 503
+            finally:
+                await redis_client.execute_command("REPLICAOF", "NO", "ONE")
+            [job] = await wait_finished(redis_client, [job_id], timeout=30)
+            assert job["status"] == "completed"
+            assert nodes[0].system.fatal is None
+            assert crashes == []
+    finally:
+        logger.remove(sink)
