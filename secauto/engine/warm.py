@@ -93,11 +93,12 @@ class WarmStats(msgspec.Struct, kw_only=True):
     start_ms_p99: float | None
 
 
-def _percentile(samples: Sequence[float], q: float) -> float | None:
+def _percentiles(samples: Sequence[float], *qs: float) -> list[float | None]:
+    """The ``qs`` percentiles of ``samples`` (nearest rank), sorting them once; Nones when there are none."""
     if not samples:
-        return None
+        return [None for _ in qs]
     ordered = sorted(samples)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+    return [round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4) for q in qs]
 
 
 def _describe(returncode: int | None) -> str:
@@ -491,11 +492,12 @@ class WarmRunner:
 
     def stats(self) -> WarmStats:
         current = self._current
-        forks, starts = list(self._fork_samples), list(self._start_samples)
+        fork_p50, fork_p99 = _percentiles(self._fork_samples, 0.5, 0.99)
+        start_p50, start_p99 = _percentiles(self._start_samples, 0.5, 0.99)
         return WarmStats(state=self._state, pid=current.pid if current is not None else None,
                          generation=self._generation, restarts=self._restarts, recycles=self._recycles,
-                         forks=self._forks, fork_ms_p50=_percentile(forks, 0.5), fork_ms_p99=_percentile(forks, 0.99),
-                         start_ms_p50=_percentile(starts, 0.5), start_ms_p99=_percentile(starts, 0.99))
+                         forks=self._forks, fork_ms_p50=fork_p50, fork_ms_p99=fork_p99, start_ms_p50=start_p50,
+                         start_ms_p99=start_p99)
 
     # ------------------------------------------------------------------ supervision
 
