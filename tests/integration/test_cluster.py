@@ -57,6 +57,15 @@ async def get_cluster(session: aiohttp.ClientSession, node: Node) -> dict[str, A
         return (await response.json())["cluster"]  # type: ignore[no-any-return]
 
 
+async def wait_running(client: redis.asyncio.Redis, job_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The job's record once it is running."""
+    async with asyncio.timeout(timeout):
+        while (raw := await client.get(f"secauto:job:{job_id}")) is None or \
+                (job := msgspec.json.decode(raw))["status"] != "running":
+            await asyncio.sleep(0.05)
+    return job  # type: ignore[no-any-return]
+
+
 async def wait_finished(client: redis.asyncio.Redis, job_ids: list[str], timeout: float = 60.0) -> list[dict[str, Any]]:
     async with asyncio.timeout(timeout):
         while True:
@@ -213,11 +222,7 @@ async def test_expired_lease_is_requeued_by_the_leader(redis_url: str, redis_cli
     stack, nodes = await start_cluster(redis_url, count=2, cluster={"lease_timeout": 1})
     async with stack, aiohttp.ClientSession() as session:
         job_id = await submit(session, nodes[0], {"playbook": sleepy(2.5)})
-        async with asyncio.timeout(5):
-            while (raw := await redis_client.get(f"secauto:job:{job_id}")) is None or \
-                    msgspec.json.decode(raw)["status"] != "running":
-                await asyncio.sleep(0.05)
-        owner = msgspec.json.decode(raw)["assigned_to"]
+        owner = (await wait_running(redis_client, job_id))["assigned_to"]
         victim = next(node for node in nodes if node.settings.node_id == owner)
         # The owner stops renewing (as if paused): its lease runs out and the leader requeues the job.
         for task in victim.system.get("executor")._cell.tasks:  # type: ignore[attr-defined]
@@ -253,10 +258,7 @@ async def test_a_redis_demoted_to_replica_is_waited_out(redis_url: str, redis_cl
     try:
         async with stack, aiohttp.ClientSession() as session:
             job_id = await submit(session, nodes[0], {"playbook": sleepy(1.5)})
-            async with asyncio.timeout(5):
-                while (raw := await redis_client.get(f"secauto:job:{job_id}")) is None or \
-                        msgspec.json.decode(raw)["status"] != "running":
-                    await asyncio.sleep(0.05)
+            await wait_running(redis_client, job_id)
             await redis_client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
             try:
                 # Past the heartbeat, the lease renewal, the job's end and the poll: every writer met it.

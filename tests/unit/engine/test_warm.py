@@ -415,6 +415,25 @@ async def test_a_child_reports_a_normal_exit_itself(warm: EngineSettings, script
     assert (child.returncode, child.reported) == (returncode, reported)
 
 
+async def test_the_input_is_written_before_the_step_is_sent(warm: EngineSettings) -> None:
+    # What the pipe holds goes in at once and stdin is closed (nothing left for supervise to feed); a
+    # larger input leaves the rest to it.
+    path = (warm.scripts_dir / "echo.py").resolve()
+    for payload, whole in ((b'{"n": 1}', True), (b'{"blob": "' + b"z" * 300_000 + b'"}', False)):
+        child = await host_of(warm).start_step(path, argv=[str(path)], cwd=path.parent, stdin=payload)
+        try:
+            if whole:
+                assert child.unsent_stdin == b"" and child.stdin is None
+            else:
+                assert 0 < len(child.unsent_stdin) < len(payload) and child.stdin is not None
+                assert payload.endswith(child.unsent_stdin)
+            outcome = await supervise(child, stdin=child.unsent_stdin, time_limit=10, max_output_bytes=1_000_000)
+        finally:
+            child.close()
+        assert outcome.returncode == 0 and msgspec.json.decode(outcome.stdout) == {
+            "echo": msgspec.json.decode(payload)}
+
+
 def report_address(runner_pid: int) -> bytes:
     """The runner's exit-report socket name, found through its fds' inodes in /proc/net/unix."""
     inodes = set()
